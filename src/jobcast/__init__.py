@@ -1,0 +1,39 @@
+"""jobcast: run heavy Python work in the background of a FastAPI app, stream it live over SSE."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .app import JobCast
+from .context import JobContext
+from .exceptions import (
+    DuplicateJob,
+    JobCancelled,
+    JobcastError,
+    JobFinished,
+    NotAccepting,
+    QueueFull,
+    UnknownJob,
+    UnknownTask,
+)
+from .jobs import TERMINAL_STATES, Job, JobState, Progress
+from .settings import Settings
+
+__all__ = [
+    "TERMINAL_STATES",
+    "DuplicateJob",
+    "Job",
+    "JobCancelled",
+    "JobCast",
+    "JobContext",
+    "JobFinished",
+    "JobState",
+    "JobcastError",
+    "NotAccepting",
+    "Progress",
+    "QueueFull",
+    "Settings",
+    "UnknownJob",
+    "UnknownTask",
+    "__version__",
+]

@@ -1,0 +1,213 @@
+"""The REST routes, and the one place where domain errors become HTTP answers."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from . import stream
+from .exceptions import (
+    DuplicateJob,
+    JobcastError,
+    JobFinished,
+    NotAccepting,
+    QueueFull,
+    UnknownJob,
+    UnknownTask,
+)
+from .jobs import Job, JobState
+from .runner import Runner
+from .schemas import ErrorOut, JobOut, TaskOut
+from .tasks import Task
+
+__all__ = ["build_router"]
+
+_STATUS: dict[type[JobcastError], int] = {
+    UnknownTask: 404,
+    UnknownJob: 404,
+    JobFinished: 409,
+    DuplicateJob: 409,
+    QueueFull: 429,
+    NotAccepting: 503,
+}
+
+
+def error_response(exc: JobcastError) -> JSONResponse:
+    """The HTTP answer for a domain error: its status, and a message that says what to do."""
+    status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
+    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+
+class JobcastRoute(APIRoute):
+    """An APIRoute that answers :class:`JobcastError` with its HTTP status.
+
+    It lives on the route rather than the app so the routes behave the same when
+    ``JobCast.router`` is mounted into someone else's app.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            if request.method == "POST" and not _json_or_empty(request):
+                return JSONResponse(
+                    {"detail": "send the body as JSON, with Content-Type: application/json"},
+                    status_code=415,
+                )
+            try:
+                return await handler(request)
+            except JobcastError as exc:
+                return error_response(exc)
+
+        return handle
+
+
+def _json_or_empty(request: Request) -> bool:
+    content_type = request.headers.get("content-type", "")
+    if not content_type:
+        return request.headers.get("content-length", "0") == "0"
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
+
+
+def _accepted(job: Job) -> JSONResponse:
+    return JSONResponse(
+        job.snapshot(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"}
+    )
+
+
+def _submit(runner: Runner, task: str, params: object) -> JSONResponse:
+    try:
+        job = runner.submit(task, params)
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from exc
+    return _accepted(job)
+
+
+def _typed_endpoint(
+    task: Task, runner: Callable[[], Runner]
+) -> Callable[..., Coroutine[Any, Any, Response]]:
+    """An endpoint whose body is ``task``'s params model, so /docs shows its form.
+
+    The signature is built from real objects rather than annotation strings: FastAPI would
+    resolve strings against this module's globals, where no such model exists.
+    """
+    required = any(field.is_required() for field in task.params_model.model_fields.values())
+
+    async def start_job(params: Any = None) -> Response:
+        values = params.model_dump() if params is not None else {}
+        return _submit(runner(), task.name, values)
+
+    default = Body(...) if required else Body(None)
+    start_job.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                "params",
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=task.params_model,
+                default=default,
+            )
+        ]
+    )
+    return start_job
+
+
+def build_router(tasks: list[Task], runner: Callable[[], Runner]) -> APIRouter:
+    """The HTTP API of one JobCast. ``runner()`` gives the running service's runner."""
+    router = APIRouter(route_class=JobcastRoute)
+
+    @router.get("/healthz", tags=["service"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness: answers as long as the service is up."""
+        current = runner()
+        return {"status": "ok", "last_event_id": current.log.last_seq}
+
+    @router.get("/api/tasks", response_model=list[TaskOut], tags=["tasks"])
+    async def list_tasks() -> list[dict[str, Any]]:
+        """The registered tasks, with the JSON Schema of their params."""
+        return [task.info() for task in runner().registry]
+
+    for task in tasks:
+        router.add_api_route(
+            f"/api/tasks/{task.name}/jobs",
+            _typed_endpoint(task, runner),
+            methods=["POST"],
+            status_code=202,
+            response_model=JobOut,
+            responses={409: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+            summary=f"Start a {task.name} job",
+            description=task.description or None,
+            tags=["tasks"],
+            operation_id=f"start_{task.name.replace('-', '_')}",
+        )
+
+    @router.post(
+        "/api/tasks/{task}/jobs",
+        status_code=202,
+        response_model=JobOut,
+        responses={**_ERRORS, 409: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+        tags=["jobs"],
+    )
+    async def start_job(
+        task: str, params: Annotated[dict[str, Any] | None, Body()] = None
+    ) -> Response:
+        """Start a job of any task; the body is the task's params object.
+
+        Answers 202 with the job and its `Location`.
+        """
+        return _submit(runner(), task, params or {})
+
+    @router.get("/api/jobs", response_model=list[JobOut], tags=["jobs"])
+    async def list_jobs(
+        state: JobState | None = None,
+        task: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        """Jobs, newest first."""
+        return [job.snapshot() for job in runner().newest(state=state, task=task, limit=limit)]
+
+    @router.get("/api/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, tags=["jobs"])
+    async def get_job(job_id: str) -> dict[str, Any]:
+        """One job's snapshot."""
+        return runner().get(job_id).snapshot()
+
+    @router.post(
+        "/api/jobs/{job_id}/cancel",
+        status_code=202,
+        response_model=JobOut,
+        responses={**_ERRORS, 409: {"model": ErrorOut}},
+        tags=["jobs"],
+    )
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel a queued job, or ask a running one to stop. 409 once it has finished."""
+        return runner().cancel(job_id).snapshot()
+
+    @router.head("/api/jobs/{job_id}/events", include_in_schema=False)
+    @router.get("/api/jobs/{job_id}/events", responses=_ERRORS, tags=["streams"])
+    async def job_events(request: Request, job_id: str) -> Response:
+        """SSE: the job's whole retained history, then live; ends after its terminal event."""
+        return stream.job_stream(runner(), request, job_id)
+
+    @router.head("/api/events", include_in_schema=False)
+    @router.get("/api/events", responses=_ERRORS, tags=["streams"])
+    async def all_events(request: Request, task: str | None = None) -> Response:
+        """SSE for every job: a `snapshot` first (or a replay after `Last-Event-ID`), then live."""
+        current = runner()
+        if task is not None:
+            current.registry.get(task)  # an unknown task is a 404, not an empty stream
+        return stream.all_jobs_stream(current, request, task)
+
+    return router

@@ -1,0 +1,166 @@
+"""The app factory: :class:`JobCast` registers tasks and builds the FastAPI app around them."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+import anyio
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from . import __version__
+from ._asgi import BodySizeLimit
+from .api import build_router
+from .eventlog import EventLog
+from .exceptions import NotAccepting
+from .runner import Runner
+from .settings import Settings
+from .store import MemoryStore, Store
+from .tasks import Mode, TaskRegistry
+
+__all__ = ["JobCast"]
+
+logger = logging.getLogger("jobcast")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _static_dir() -> Path:
+    # Inside a wheel the page ships as jobcast/static; in a source checkout it is top-level.
+    packaged = Path(__file__).with_name("static")
+    return packaged if packaged.is_dir() else Path(__file__).parents[2] / "static"
+
+
+class JobCast:
+    """A set of tasks, and the service that runs them and streams what they do.
+
+    Options are the fields of :class:`~jobcast.settings.Settings`, given as keyword
+    arguments; those not given are read from ``JOBCAST_*`` environment variables when the
+    app starts, and default otherwise.
+    """
+
+    def __init__(self, *, store: Store | None = None, **options: Any) -> None:
+        Settings.from_env({}, **options)  # refuse unknown or invalid options now
+        self._options = options
+        self._store = store
+        self.tasks = TaskRegistry()
+        self._runner: Runner | None = None
+        self._router: APIRouter | None = None
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        """The effective settings, read from the environment on first use."""
+        return Settings.from_env(**self._options)
+
+    @overload
+    def task(self, func: F) -> F: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        mode: Mode = "thread",
+        max_concurrency: int | None = None,
+        timeout: float | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def task(
+        self,
+        func: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        mode: Mode = "thread",
+        max_concurrency: int | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Register a function as a task; use as ``@jobs.task`` or ``@jobs.task(...)``.
+
+        The function takes a :class:`~jobcast.JobContext` first; its other parameters are the
+        job's params, validated by pydantic from their annotations.
+        """
+
+        def register(func: Callable[..., Any]) -> Callable[..., Any]:
+            self.tasks.register(
+                func,
+                name=name,
+                description=description,
+                mode=mode,
+                max_concurrency=max_concurrency,
+                timeout=timeout,
+            )
+            return func
+
+        return register if func is None else register(func)
+
+    @property
+    def runner(self) -> Runner:
+        """The running service's runner; only there between startup and shutdown."""
+        if self._runner is None:
+            raise NotAccepting("the jobcast service is not running (lifespan not started)")
+        return self._runner
+
+    @property
+    def router(self) -> APIRouter:
+        """The API and stream routes, to mount into an existing app with :meth:`lifespan`.
+
+        Built on first access from the tasks registered by then.
+        """
+        if self._router is None:
+            self._router = build_router(list(self.tasks), lambda: self.runner)
+        return self._router
+
+    @asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Run the service: a FastAPI ``lifespan``, or ``async with jobs.lifespan():``."""
+        settings = self.settings
+        store = self._store or MemoryStore()
+        recovered = await store.open()
+        log = EventLog(maxlen=settings.event_buffer, next_seq=recovered.next_seq)
+        log.extend(recovered.events)
+        try:
+            async with anyio.create_task_group() as task_group:
+                runner = Runner(self.tasks, log, store, settings, task_group)
+                runner.restore(recovered.jobs)
+                task_group.start_soon(_keepalive, log, settings.keepalive_interval)
+                self._runner = runner
+                try:
+                    yield
+                finally:
+                    await runner.shutdown()
+                    task_group.cancel_scope.cancel()
+        finally:
+            self._runner = None
+            log.close()
+            await store.aclose()
+
+    def create_app(self, **fastapi_options: Any) -> FastAPI:
+        """A FastAPI app serving the API, the streams and the dashboard page."""
+        fastapi_options.setdefault("title", "jobcast")
+        fastapi_options.setdefault("version", __version__)
+        app = FastAPI(lifespan=self.lifespan, **fastapi_options)
+        app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
+        app.include_router(self.router)
+        static = _static_dir()
+        app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
+
+        @app.get("/", include_in_schema=False)
+        async def index() -> FileResponse:
+            return FileResponse(static / "index.html")
+
+        return app
+
+
+async def _keepalive(log: EventLog, interval: float) -> None:
+    # One timer for every stream: each idle stream writes a comment when poked.
+    while True:
+        await anyio.sleep(interval)
+        log.poke()

@@ -1,0 +1,93 @@
+"""Every error jobcast raises on purpose derives from :class:`JobcastError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DuplicateJob",
+    "JobCancelled",
+    "JobFinished",
+    "JobcastError",
+    "NotAccepting",
+    "QueueFull",
+    "UnknownJob",
+    "UnknownTask",
+]
+
+
+class JobcastError(Exception):
+    """Raised for every failure jobcast reports on purpose; the root of the hierarchy."""
+
+
+class UnknownTask(JobcastError):
+    """Raised when a task name is not registered."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        choices = ", ".join(sorted(known)) or "none registered"
+        super().__init__(
+            f"no task named {name!r}; choose one of: {choices} (GET /api/tasks lists them)"
+        )
+
+
+class UnknownJob(JobcastError):
+    """Raised when a job id is not known (never existed, or pruned)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r}; GET /api/jobs lists the known jobs")
+
+
+class JobFinished(JobcastError):
+    """Raised when cancelling a job that has already reached a terminal state."""
+
+    def __init__(self, job_id: str, state: str) -> None:
+        self.job_id = job_id
+        self.state = state
+        super().__init__(
+            f"job {job_id!r} already finished as {state!r}; there is nothing to cancel"
+        )
+
+
+class DuplicateJob(JobcastError):
+    """Raised when a task refuses a job whose params match one already queued or running."""
+
+    def __init__(self, job_id: str, task: str) -> None:
+        self.job_id = job_id
+        self.task = task
+        super().__init__(
+            f"task {task!r} already has job {job_id!r} with the same params queued or running; "
+            "watch that job, or wait for it to finish before starting another"
+        )
+
+
+class QueueFull(JobcastError):
+    """Raised when the job queue is at its limit."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"the job queue is full ({limit} jobs waiting); retry in {retry_after} s "
+            "or raise JOBCAST_MAX_QUEUE"
+        )
+
+
+class NotAccepting(JobcastError):
+    """Raised when a job is submitted while the service is starting or shutting down."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"not accepting jobs: {reason}; retry shortly")
+
+
+class JobCancelled(JobcastError):
+    """Raised inside task code by ``ctx.raise_if_cancelled()`` once the job is cancelled.
+
+    Task code may let it propagate (the job ends ``cancelled``) or catch it to clean up and
+    re-raise.
+    """
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} was cancelled")

@@ -1,0 +1,162 @@
+"""Jobs: their states, their snapshot, and progress math with tqdm's meaning."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["TERMINAL_STATES", "Job", "JobError", "JobState", "Progress", "ProgressMeter"]
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # the server stopped under it
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED}
+)
+
+
+@dataclass(slots=True, frozen=True)
+class JobError:
+    """Why a job did not succeed: an exception's type name and message."""
+
+    type: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> JobError:
+        return cls(type(exc).__name__, str(exc))
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+@dataclass(slots=True, frozen=True)
+class Progress:
+    """One reading of a job's progress, as tqdm would show it."""
+
+    current: float
+    total: float | None = None
+    message: str | None = None
+    rate: float | None = None  # items per second, smoothed
+    elapsed_s: float = 0.0
+
+    @property
+    def percent(self) -> float | None:
+        if not self.total:
+            return None
+        return round(min(100.0, 100.0 * self.current / self.total), 2)
+
+    @property
+    def eta_s(self) -> float | None:
+        if not self.total or not self.rate:
+            return None
+        return round(max(0.0, (self.total - self.current) / self.rate), 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "current": self.current,
+            "total": self.total,
+            "percent": self.percent,
+            "message": self.message,
+            "rate": None if self.rate is None else round(self.rate, 3),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "eta_s": self.eta_s,
+        }
+
+
+class ProgressMeter:
+    """Turns raw ``(current, total)`` readings into :class:`Progress` with a smoothed rate.
+
+    The rate is tqdm's: an exponential moving average of the items and of the time between
+    readings, bias-corrected, with ``smoothing`` in [0, 1] (0 gives the overall average).
+    """
+
+    __slots__ = ("_calls", "_dn", "_dt", "_last_n", "_last_t", "_smoothing", "_started")
+
+    def __init__(self, started: float, *, smoothing: float = 0.3) -> None:
+        if not 0.0 <= smoothing <= 1.0:
+            raise ValueError(f"smoothing must be between 0 and 1, got {smoothing!r}")
+        self._smoothing = smoothing
+        self._started = started
+        self._last_n = 0.0
+        self._last_t = started
+        self._dn = 0.0
+        self._dt = 0.0
+        self._calls = 0
+
+    def read(
+        self, current: float, total: float | None, message: str | None, now: float
+    ) -> Progress:
+        elapsed = max(0.0, now - self._started)
+        dn, dt = current - self._last_n, now - self._last_t
+        if dn < 0:  # the task restarted its count: measure afresh
+            self._last_n, self._last_t = current, now
+            self._dn, self._dt, self._calls = 0.0, 0.0, 0
+        elif dt > 0:
+            self._last_n, self._last_t = current, now
+            beta = 1.0 - self._smoothing
+            self._dn = self._smoothing * dn + beta * self._dn
+            self._dt = self._smoothing * dt + beta * self._dt
+            self._calls += 1
+        return Progress(current, total, message, self._rate(current, elapsed), elapsed)
+
+    def _rate(self, current: float, elapsed: float) -> float | None:
+        if self._smoothing == 0.0 or self._calls == 0:
+            return current / elapsed if elapsed > 0 and current > 0 else None
+        # The bias correction of both averages cancels out in the ratio.
+        return self._dn / self._dt if self._dt > 0 else None
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """A single run of a task. Mutated only on the event loop, by the runner."""
+
+    task: str
+    params: dict[str, Any]
+    id: str = field(default_factory=new_job_id)
+    state: JobState = JobState.QUEUED
+    progress: Progress | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: JobError | None = None
+    first_seq: int = 0  # sequence number of the job's first event
+    last_seq: int = 0  # sequence number of the job's newest state or progress event
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def snapshot(self) -> dict[str, Any]:
+        """The job as clients see it (the contract's job snapshot)."""
+        return {
+            "id": self.id,
+            "task": self.task,
+            "params": self.params,
+            "state": self.state.value,
+            "progress": None if self.progress is None else self.progress.to_dict(),
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "result": self.result,
+            "error": None if self.error is None else self.error.to_dict(),
+        }

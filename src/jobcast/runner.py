@@ -1,0 +1,320 @@
+"""The runner: the queue, the limits, one supervisor coroutine per running job, cancel.
+
+Data flows one way: a supervisor turns what its task does into events, the event log numbers
+and encodes them, and the streams read the log. Every state change goes through
+:meth:`Runner._publish`, so the log, the store and the in-memory jobs never disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._threads import run_in_daemon_thread
+from .context import JobContext
+from .eventlog import EventLog
+from .exceptions import JobCancelled, JobFinished, NotAccepting, QueueFull, UnknownJob
+from .jobs import Job, JobError, JobState, ProgressMeter
+from .settings import Settings
+from .store import Store
+from .tasks import Task, TaskRegistry
+
+__all__ = ["Runner"]
+
+logger = logging.getLogger("jobcast")
+
+Reading = tuple[float, float | None, str | None]
+
+
+@dataclass(slots=True, eq=False)
+class _Run:
+    """A running job and what its supervisor needs to report on it."""
+
+    job: Job
+    task: Task
+    ctx: JobContext
+    meter: ProgressMeter
+    reading: Reading | None = None  # the last progress reading published
+    stopping: bool = field(default=False)  # cancelled by shutdown rather than by a user
+
+
+@dataclass(slots=True, frozen=True)
+class _Outcome:
+    state: JobState
+    result: Any = None
+    error: JobError | None = None
+
+
+class Runner:
+    """Queues jobs, runs them within the limits, and publishes everything they do."""
+
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        log: EventLog,
+        store: Store,
+        settings: Settings,
+        task_group: TaskGroup,
+    ) -> None:
+        self.registry = registry
+        self.log = log
+        self.settings = settings
+        self._store = store
+        self._task_group = task_group
+        self._loop = asyncio.get_running_loop()
+        self.jobs: dict[str, Job] = {}  # in creation order
+        self._queue: deque[Job] = deque()
+        self._runs: dict[str, _Run] = {}
+        self._running_per_task: Counter[str] = Counter()
+        self._accepting = True
+        self._drained = anyio.Event()
+
+    # -- the public operations -----------------------------------------------------------------
+
+    def submit(self, task_name: str, params: object) -> Job:
+        """Validate ``params``, queue a job of ``task_name`` and start it when there is room.
+
+        Raises :class:`~jobcast.UnknownTask`, pydantic's ``ValidationError``,
+        :class:`~jobcast.QueueFull` or :class:`~jobcast.NotAccepting`; none changes anything.
+        """
+        if not self._accepting:
+            raise NotAccepting("the server is shutting down")
+        task = self.registry.get(task_name)
+        values = task.validate(params)
+        if len(self._queue) >= self.settings.max_queue:
+            raise QueueFull(self.settings.max_queue, retry_after=5)
+        job = Job(task=task.name, params=values, created_at=time.time())
+        self.jobs[job.id] = job
+        self._publish(job, JobState.QUEUED.value)
+        self._queue.append(job)
+        self._dispatch()
+        self._evict()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise UnknownJob(job_id) from None
+
+    def newest(
+        self, *, state: JobState | None = None, task: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Jobs, newest first, optionally of one state and one task."""
+        found: list[Job] = []
+        for job in reversed(self.jobs.values()):
+            if (state is None or job.state is state) and (task is None or job.task == task):
+                found.append(job)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job at once, or ask a running one to stop.
+
+        Raises :class:`~jobcast.UnknownJob` or :class:`~jobcast.JobFinished`.
+        """
+        job = self.get(job_id)
+        if job.finished:
+            raise JobFinished(job.id, job.state.value)
+        if job.state is JobState.QUEUED:
+            self._queue.remove(job)
+            self._finish(job, _Outcome(JobState.CANCELLED))
+        else:
+            self._runs[job.id].ctx.cancel()
+        return job
+
+    def snapshot(self, task: str | None = None) -> list[dict[str, Any]]:
+        """Every active job and the newest finished ones, newest first, as clients see them."""
+        finished_left = self.settings.snapshot_jobs
+        jobs: list[dict[str, Any]] = []
+        for job in reversed(self.jobs.values()):
+            if task is not None and job.task != task:
+                continue
+            if job.finished:
+                if finished_left == 0:
+                    continue
+                finished_left -= 1
+            jobs.append(job.snapshot())
+        return jobs
+
+    def restore(self, jobs: list[Job]) -> None:
+        """Take back jobs a durable store kept: queued ones run again, running ones end.
+
+        A job that was running when the process stopped cannot be resumed mid-way; it ends
+        ``interrupted`` so that nothing stays ``running`` forever.
+        """
+        for job in jobs:
+            self.jobs[job.id] = job
+            if job.state is JobState.RUNNING:
+                error = JobError("Interrupted", "the server stopped while the job was running")
+                self._finish(job, _Outcome(JobState.INTERRUPTED, error=error))
+            elif job.state is JobState.QUEUED:
+                self._queue.append(job)
+        self._dispatch()
+
+    async def shutdown(self) -> None:
+        """Stop accepting jobs, stop the running ones within the grace period, record them.
+
+        Queued jobs stay queued in a durable store (they run at the next start) and end
+        ``interrupted`` otherwise. Running jobs are asked to stop; those still running after
+        the grace period are abandoned when the caller cancels the task group, and end
+        ``interrupted`` too.
+        """
+        self._accepting = False
+        if not self._store.durable:
+            error = JobError("Interrupted", "the server stopped before the job started")
+            for job in self._queue:
+                self._finish(job, _Outcome(JobState.INTERRUPTED, error=error))
+        self._queue.clear()
+        for run in self._runs.values():
+            run.stopping = True
+            run.ctx.cancel()
+        if self._runs:
+            with anyio.move_on_after(self.settings.grace_period):
+                await self._drained.wait()
+
+    # -- running jobs --------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while self._accepting and self._queue and len(self._runs) < self.settings.max_workers:
+            job = next((job for job in self._queue if self._has_room(job.task)), None)
+            if job is None:
+                return
+            self._queue.remove(job)
+            task = self.registry.get(job.task)
+            ctx = JobContext(
+                job.id,
+                task.name,
+                job.params,
+                loop=self._loop,
+                on_lines=functools.partial(self._publish_lines, job),
+            )
+            now = time.time()
+            run = _Run(job, task, ctx, ProgressMeter(time.monotonic()))
+            self._runs[job.id] = run
+            self._running_per_task[task.name] += 1
+            job.state, job.started_at = JobState.RUNNING, now
+            self._publish(job, JobState.RUNNING.value)
+            self._task_group.start_soon(self._supervise, run, name=f"jobcast job {job.id}")
+
+    def _has_room(self, task_name: str) -> bool:
+        limit = self.registry.get(task_name).max_concurrency
+        return limit is None or self._running_per_task[task_name] < limit
+
+    async def _supervise(self, run: _Run) -> None:
+        try:
+            async with anyio.create_task_group() as reporters:
+                reporters.start_soon(self._report_progress, run)
+                outcome = await self._execute(run)
+                reporters.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            # Shutdown outlasted the grace period: the thread is abandoned, the job recorded.
+            error = JobError("Interrupted", "the server stopped before the job could finish")
+            self._close_run(run, _Outcome(JobState.INTERRUPTED, error=error))
+            raise
+        self._close_run(run, outcome)
+
+    async def _execute(self, run: _Run) -> _Outcome:
+        task, ctx = run.task, run.ctx
+        call = functools.partial(task.func, ctx, **run.job.params)
+        thread_name = f"jobcast-{task.name}-{run.job.id[:8]}"
+        try:
+            with anyio.move_on_after(task.timeout) as deadline:
+                result = await run_in_daemon_thread(call, name=thread_name)
+        except JobCancelled:
+            return self._stopped(run)
+        except Exception as exc:
+            logger.error("job %s (task %s) failed", run.job.id, task.name, exc_info=exc)
+            return _Outcome(JobState.FAILED, error=JobError.from_exception(exc))
+        if deadline.cancelled_caught:
+            ctx.cancel()  # a cooperative task stops; one that does not is abandoned
+            message = f"task {task.name!r} ran past its timeout of {task.timeout:g} s"
+            return _Outcome(JobState.FAILED, error=JobError("TimeoutError", message))
+        if ctx.cancelled:
+            return self._stopped(run)
+        try:
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            message = (
+                f"task {task.name!r} returned a result that is not JSON-serialisable ({exc}); "
+                "return dicts, lists, strings, numbers, booleans or None"
+            )
+            return _Outcome(JobState.FAILED, error=JobError("ResultNotSerializable", message))
+        return _Outcome(JobState.SUCCEEDED, result=result)
+
+    def _stopped(self, run: _Run) -> _Outcome:
+        if run.stopping:
+            error = JobError("Interrupted", "the server stopped while the job was running")
+            return _Outcome(JobState.INTERRUPTED, error=error)
+        return _Outcome(JobState.CANCELLED)
+
+    async def _report_progress(self, run: _Run) -> None:
+        while True:
+            await anyio.sleep(self.settings.progress_interval)
+            if self._read_progress(run):
+                self._publish(run.job, "progress")
+
+    def _read_progress(self, run: _Run) -> bool:
+        """Update the job's progress from its context; return whether it changed."""
+        ctx = run.ctx
+        reading = (ctx.current, ctx.total, ctx.message)
+        if reading == run.reading:
+            return False
+        run.reading = reading
+        run.job.progress = run.meter.read(*reading, now=time.monotonic())
+        return True
+
+    def _close_run(self, run: _Run, outcome: _Outcome) -> None:
+        del self._runs[run.job.id]
+        self._running_per_task[run.task.name] -= 1
+        run.ctx._flush()  # log lines still pending go out before the terminal event
+        self._read_progress(run)  # the final value rides on the terminal event
+        self._finish(run.job, outcome)
+        if self._accepting:
+            self._dispatch()
+        elif not self._runs:
+            self._drained.set()
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _finish(self, job: Job, outcome: _Outcome) -> None:
+        job.state = outcome.state
+        job.result = outcome.result
+        job.error = outcome.error
+        job.finished_at = time.time()
+        self._publish(job, outcome.state.value)
+
+    def _publish(self, job: Job, name: str) -> None:
+        event = self.log.append(name, job_id=job.id, task=job.task, payload={"job": job.snapshot()})
+        if not job.first_seq:
+            job.first_seq = event.seq
+        job.last_seq = event.seq
+        self._store.record(event, job)
+
+    def _publish_lines(self, job: Job, lines: list[str]) -> None:
+        limit = self.settings.max_log_line
+        for line in lines:
+            payload = {"job_id": job.id, "line": line[:limit]}
+            event = self.log.append("log", job_id=job.id, task=job.task, payload=payload)
+            self._store.record(event, job)
+
+    def _evict(self) -> None:
+        excess = len(self.jobs) - self.settings.max_jobs
+        if excess <= 0:
+            return
+        finished = (job.id for job in self.jobs.values() if job.finished)
+        gone = list(itertools.islice(finished, excess))
+        for job_id in gone:
+            del self.jobs[job_id]
+        self._store.forget(gone)

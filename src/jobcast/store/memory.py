@@ -1,0 +1,34 @@
+"""The in-memory store: nothing outlives the process."""
+
+from __future__ import annotations
+
+import time
+
+from ..events import Event
+from ..jobs import Job
+from .base import Recovered
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Keeps nothing beyond what the runner and the event log already hold in memory.
+
+    Sequence numbers start from the wall clock in microseconds, so ids still increase across
+    restarts even though the history itself is lost: a client that resumes with an id from
+    before a restart gets ``reset`` and a fresh snapshot, never a reused id.
+    """
+
+    durable = False
+
+    async def open(self) -> Recovered:
+        return Recovered(next_seq=time.time_ns() // 1000)
+
+    def record(self, event: Event, job: Job) -> None:
+        pass
+
+    def forget(self, job_ids: list[str]) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass

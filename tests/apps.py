@@ -1,0 +1,82 @@
+"""Tasks the tests drive, and the app factory they are served from."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from jobcast import JobCast, JobContext
+from jobcast.demo import sleep, ticker
+
+#: Gates that ``hold`` jobs wait on, by name: a test opens one to let its job finish.
+GATES: dict[str, threading.Event] = {}
+
+
+def gate(name: str) -> threading.Event:
+    return GATES.setdefault(name, threading.Event())
+
+
+def make_jobs(**options: Any) -> JobCast:
+    """A JobCast with quick timings, the test tasks, and ``options`` on top."""
+    options.setdefault("progress_interval", 0.02)
+    options.setdefault("grace_period", 1.0)
+    jobs = JobCast(**options)
+    jobs.task(sleep)
+    jobs.task(ticker)
+
+    @jobs.task
+    def hold(ctx: JobContext, name: str, steps: int = 0) -> dict[str, Any]:
+        """Report `steps` steps of progress, then wait until the test opens gate `name`."""
+        for _ in ctx.track(range(steps)):
+            pass
+        ctx.log(f"holding on {name}")
+        released = gate(name)
+        while not released.wait(0.01):
+            ctx.raise_if_cancelled()
+        return {"gate": name}
+
+    @jobs.task
+    def count(ctx: JobContext, n: Annotated[int, Field(ge=0, le=10_000_000)] = 1000) -> int:
+        """Advance progress `n` times as fast as possible."""
+        ctx.progress(0, n, "counting")
+        for _ in range(n):
+            ctx.advance()
+        return n
+
+    @jobs.task
+    def shout(ctx: JobContext, lines: Annotated[int, Field(ge=0, le=100_000)] = 3) -> None:
+        """Log `lines` lines in one burst."""
+        for i in range(lines):
+            ctx.log(f"line {i}")
+
+    @jobs.task
+    def boom(ctx: JobContext, message: str = "kaput") -> None:
+        """Raise ValueError(message)."""
+        raise ValueError(message)
+
+    @jobs.task
+    def unserialisable(ctx: JobContext) -> object:
+        """Return something JSON cannot carry."""
+        return {"when": threading.Event()}
+
+    @jobs.task
+    def stubborn(ctx: JobContext, seconds: float = 300) -> None:
+        """Ignore cancellation: block the thread for `seconds`."""
+        threading.Event().wait(seconds)
+
+    @jobs.task(max_concurrency=1)
+    def single(ctx: JobContext, name: str) -> str:
+        """Like hold, but at most one at a time."""
+        released = gate(name)
+        while not released.wait(0.01):
+            ctx.raise_if_cancelled()
+        return name
+
+    @jobs.task(timeout=0.2)
+    def slow(ctx: JobContext) -> None:
+        """Outlast its 0.2 s timeout, cooperatively."""
+        ctx.sleep(60)
+
+    return jobs

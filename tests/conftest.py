@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from jobcast import Job, JobCast
+from tests.apps import GATES, make_jobs
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _open_gates() -> Iterator[None]:
+    """Open every gate after a test, so no ``hold`` job thread outlives it."""
+    yield
+    for event in GATES.values():
+        event.set()
+    GATES.clear()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """A real uvicorn serving ``app`` on a loopback port, in a thread; restartable."""
+
+    def __init__(self, app: FastAPI, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        self._server, self._thread = server, thread
+
+    def stop(self) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+        assert not self._thread.is_alive(), "uvicorn did not stop"
+        self._server = self._thread = None
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., tuple[JobCast, Server]]]:
+    """Start a real server for a fresh JobCast: ``jobs, server = serve(**options)``."""
+    servers: list[Server] = []
+
+    def start(jobs: JobCast | None = None, **options: Any) -> tuple[JobCast, Server]:
+        jobs = jobs or make_jobs(**options)
+        server = Server(jobs.create_app(), free_port())
+        server.start()
+        servers.append(server)
+        return jobs, server
+
+    yield start
+    for server in servers:
+        if server._server is not None:
+            server.stop()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[Callable[..., Any]]:
+    """In-process service: ``jobs, client = await api(**options)``, for finite answers."""
+    async with AsyncExitStack() as stack:
+
+        async def start(**options: Any) -> tuple[JobCast, httpx.AsyncClient]:
+            jobs = make_jobs(**options)
+            app = jobs.create_app()
+            await stack.enter_async_context(jobs.lifespan(app))
+            transport = httpx.ASGITransport(app=app)
+            client = httpx.AsyncClient(transport=transport, base_url="http://jobcast.test")
+            await stack.enter_async_context(client)
+            return jobs, client
+
+        yield start
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        yield client
+
+
+async def wait_job(
+    jobs: JobCast, job_id: str, done: Callable[[Job], bool] = lambda job: job.finished
+) -> Job:
+    """Wait, on the event log rather than a clock, until ``done(job)`` holds (5 s at most)."""
+    runner = jobs.runner
+    with anyio.fail_after(5):
+        while not done(job := runner.get(job_id)):
+            await runner.log.wait(runner.log.last_seq)
+    return job
