@@ -52,6 +52,17 @@ def make_jobs(**options: Any) -> JobCast:
             ctx.log(f"line {i}")
 
     @jobs.task
+    def flood(
+        ctx: JobContext,
+        lines: Annotated[int, Field(ge=0, le=100_000)] = 1000,
+        width: Annotated[int, Field(ge=1, le=4000)] = 100,
+    ) -> None:
+        """Log `lines` lines of `width` characters in one burst."""
+        body = "x" * width
+        for i in range(lines):
+            ctx.log(f"{i:06d} {body}")
+
+    @jobs.task
     def boom(ctx: JobContext, message: str = "kaput") -> None:
         """Raise ValueError(message)."""
         raise ValueError(message)
@@ -80,3 +91,7 @@ def make_jobs(**options: Any) -> JobCast:
         ctx.sleep(60)
 
     return jobs
+
+
+#: What ``jobcast serve tests.apps:served`` runs in the tests that need a real process.
+served = make_jobs()

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -124,3 +128,72 @@ async def wait_job(
         while not done(job := runner.get(job_id)):
             await runner.log.wait(runner.log.last_seq)
     return job
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds; fail after ``seconds``.
+
+    For conditions in another process or thread that offer nothing to wait on.
+    """
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {seconds} s")
+        time.sleep(0.01)
+
+
+class Process:
+    """``jobcast serve`` in a real child process on a loopback port."""
+
+    def __init__(self, target: str, port: int, env: dict[str, str]) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "jobcast", "serve", target, "--port", str(port)]
+        self.popen = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).parents[1],
+            text=True,
+        )
+        wait_until(self._ready, seconds=20)
+
+    def _ready(self) -> bool:
+        if self.popen.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{self.output()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def output(self) -> str:
+        assert self.popen.stdout is not None
+        if self.popen.poll() is None:
+            self.popen.kill()
+        return self.popen.stdout.read()
+
+    @property
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.popen.pid}/status") as status:
+            line = next(line for line in status if line.startswith("VmRSS:"))
+        return int(line.split()[1])
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Process]]:
+    """Start ``jobcast serve`` processes that are killed after the test."""
+    processes: list[Process] = []
+
+    def start(target: str = "tests.apps:served", **env: str) -> Process:
+        process = Process(target, free_port(), env)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.popen.poll() is None:
+            process.popen.kill()
+        process.popen.wait(10)
+        if process.popen.stdout is not None:
+            process.popen.stdout.close()

@@ -21,6 +21,7 @@ from .eventlog import EventLog
 from .exceptions import NotAccepting
 from .runner import Runner
 from .settings import Settings
+from .stream import wait_for_exit_signal
 from .store import MemoryStore, Store
 from .tasks import Mode, TaskRegistry
 
@@ -131,6 +132,7 @@ class JobCast:
                 runner = Runner(self.tasks, log, store, settings, task_group)
                 runner.restore(recovered.jobs)
                 task_group.start_soon(_keepalive, log, settings.keepalive_interval)
+                task_group.start_soon(_stop_on_exit_signal, runner)
                 self._runner = runner
                 try:
                     yield
@@ -157,6 +159,15 @@ class JobCast:
             return FileResponse(static / "index.html")
 
         return app
+
+
+async def _stop_on_exit_signal(runner: Runner) -> None:
+    # The server waits for open streams to end before it runs the lifespan's shutdown, so
+    # on a signal the jobs are stopped and recorded first, then the log is closed: streams
+    # deliver the jobs' last events and end cleanly.
+    await wait_for_exit_signal()
+    await runner.shutdown()
+    runner.log.close()
 
 
 async def _keepalive(log: EventLog, interval: float) -> None:

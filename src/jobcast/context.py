@@ -88,12 +88,12 @@ class JobContext:
     ) -> Iterator[T]:
         """Iterate like ``tqdm(iterable)``: count each item done, and stop when cancelled.
 
-        ``total`` defaults to ``len(iterable)`` when it has one. Progress counts from where it
-        stands, so several tracked loops can add up in one job.
+        ``total`` (the number of items) defaults to ``len(iterable)`` when it has one. Progress
+        counts on from where it stands, so several tracked loops add up in one job.
         """
         if total is None and isinstance(iterable, Sized):
-            total = self.current + len(iterable)
-        self.progress(self.current, total, description)
+            total = len(iterable)
+        self.progress(self.current, None if total is None else self.current + total, description)
         for item in iterable:
             if self._stop:
                 raise JobCancelled(self.job_id)

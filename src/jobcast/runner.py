@@ -45,7 +45,8 @@ class _Run:
     ctx: JobContext
     meter: ProgressMeter
     reading: Reading | None = None  # the last progress reading published
-    stopping: bool = field(default=False)  # cancelled by shutdown rather than by a user
+    stopping: bool = False  # cancelled by shutdown rather than by a user
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
 
 @dataclass(slots=True, frozen=True)
@@ -168,9 +169,12 @@ class Runner:
 
         Queued jobs stay queued in a durable store (they run at the next start) and end
         ``interrupted`` otherwise. Running jobs are asked to stop; those still running after
-        the grace period are abandoned when the caller cancels the task group, and end
-        ``interrupted`` too.
+        the grace period are abandoned (their threads run on, unwatched) and end
+        ``interrupted`` too. Calling it again waits for the same end.
         """
+        if not self._accepting:
+            await self._drained.wait()
+            return
         self._accepting = False
         if not self._store.durable:
             error = JobError("Interrupted", "the server stopped before the job started")
@@ -180,9 +184,14 @@ class Runner:
         for run in self._runs.values():
             run.stopping = True
             run.ctx.cancel()
-        if self._runs:
-            with anyio.move_on_after(self.settings.grace_period):
-                await self._drained.wait()
+        if not self._runs:
+            self._drained.set()
+            return
+        with anyio.move_on_after(self.settings.grace_period):
+            await self._drained.wait()
+        for run in self._runs.values():
+            run.scope.cancel()
+        await self._drained.wait()
 
     # -- running jobs --------------------------------------------------------------------------
 
@@ -213,17 +222,16 @@ class Runner:
         return limit is None or self._running_per_task[task_name] < limit
 
     async def _supervise(self, run: _Run) -> None:
-        try:
+        with run.scope:
             async with anyio.create_task_group() as reporters:
                 reporters.start_soon(self._report_progress, run)
                 outcome = await self._execute(run)
                 reporters.cancel_scope.cancel()
-        except anyio.get_cancelled_exc_class():
-            # Shutdown outlasted the grace period: the thread is abandoned, the job recorded.
-            error = JobError("Interrupted", "the server stopped before the job could finish")
-            self._close_run(run, _Outcome(JobState.INTERRUPTED, error=error))
-            raise
-        self._close_run(run, outcome)
+            self._close_run(run, outcome)
+            return
+        # Shutdown outlasted the grace period: the thread is abandoned, the job recorded.
+        error = JobError("Interrupted", "the server stopped before the job could finish")
+        self._close_run(run, _Outcome(JobState.INTERRUPTED, error=error))
 
     async def _execute(self, run: _Run) -> _Outcome:
         task, ctx = run.task, run.ctx

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,8 +23,10 @@ from .runner import Runner
 
 __all__ = ["EventStream", "all_jobs_stream", "job_stream", "last_event_id"]
 
-#: Most events sent in one write; bounds the memory a client far behind can pin.
+#: Most events looked at per wake-up, and most bytes sent in one write: together they bound
+#: the work and the memory that one client, however far behind, can take at a time.
 READ_LIMIT = 1000
+WRITE_LIMIT = 64 * 1024
 KEEPALIVE = b": keepalive\n\n"
 _MAX_ID = 2**63 - 1
 
@@ -32,11 +35,16 @@ class EventStream(EventSourceResponse):
     """sse-starlette's response, fed bytes that are already SSE frames.
 
     It runs no ping task per connection (``ping=0``): one timer pokes the event log and every
-    idle stream then writes a keepalive comment, which costs one task for all clients.
+    idle stream then writes a keepalive comment, which costs one task for all clients. At
+    shutdown it gives the stream ``grace`` seconds to end by itself: the service first records
+    what happened to the running jobs, then closes the log, and every stream sends those last
+    events and ends cleanly instead of being cut.
     """
 
-    def __init__(self, frames: AsyncIterator[bytes]) -> None:
-        super().__init__(frames, ping=0)
+    def __init__(self, frames: AsyncIterator[bytes], *, grace: float) -> None:
+        super().__init__(
+            frames, ping=0, shutdown_event=anyio.Event(), shutdown_grace_period=grace
+        )
 
 
 def last_event_id(request: Request) -> int | None:
@@ -93,15 +101,21 @@ async def _follow(
                 frame, position = snapshot()
                 pending += frame
                 continue
-            if batch:
-                position = batch[-1].seq
-                pending += b"".join([event.frame for event in batch if accept(event)])
-            if pending:
-                yield pending
+            parts = [pending]
+            size = len(pending)
+            for event in batch:
+                position = event.seq
+                if accept(event):
+                    parts.append(event.frame)
+                    size += len(event.frame)
+                    if size >= WRITE_LIMIT:
+                        break
+            if size:
+                yield b"".join(parts)
                 pending = b""
             if done(position) or log.closed:
                 return
-            if len(batch) == READ_LIMIT:
+            if position < log.last_seq:
                 continue
             await log.wait(position)
             if log.last_seq == position and not log.closed:
@@ -134,7 +148,7 @@ def all_jobs_stream(runner: Runner, request: Request, task: str | None) -> Respo
         snapshot=snapshot,
         done=lambda position: False,
     )
-    return EventStream(frames)
+    return EventStream(frames, grace=runner.settings.grace_period + 1)
 
 
 def job_stream(runner: Runner, request: Request, job_id: str) -> Response:
@@ -167,4 +181,9 @@ def job_stream(runner: Runner, request: Request, job_id: str) -> Response:
         snapshot=snapshot,
         done=lambda position: job.finished and position >= job.last_seq,
     )
-    return EventStream(frames)
+    return EventStream(frames, grace=runner.settings.grace_period + 1)
+
+
+async def wait_for_exit_signal() -> None:
+    """Return when the server was told to stop (SIGTERM, Ctrl+C), as sse-starlette sees it."""
+    await EventSourceResponse._listen_for_exit_signal()
