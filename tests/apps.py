@@ -25,6 +25,9 @@ def make_jobs(**options: Any) -> JobCast:
     jobs = JobCast(**options)
     jobs.task(sleep)
     jobs.task(ticker)
+    jobs.task(mode="process")(crunch)
+    jobs.task(mode="process")(deaf)
+    jobs.task(mode="process")(suicide)
 
     @jobs.task
     def hold(ctx: JobContext, name: str, steps: int = 0) -> dict[str, Any]:
@@ -91,6 +94,43 @@ def make_jobs(**options: Any) -> JobCast:
         ctx.sleep(60)
 
     return jobs
+
+
+def crunch(ctx: JobContext, seconds: float = 0.2, fail: bool = False) -> int:
+    """Burn CPU for `seconds`, reporting progress; module-level so a worker can import it."""
+    import time
+
+    ctx.log(f"nice {__import__('os').nice(0)}")
+    end = time.monotonic() + seconds
+    loops = 0
+    while time.monotonic() < end:
+        sum(i * i for i in range(2000))
+        loops += 1
+        ctx.progress(loops, None, "crunching")
+        ctx.raise_if_cancelled()
+    if fail:
+        raise KeyError("no such thing")
+    return loops
+
+
+def deaf(ctx: JobContext) -> None:
+    """Ignore SIGTERM-driven cancel entirely: spin until killed."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ctx.log("spinning")
+    while True:
+        time.sleep(0.01)
+
+
+def suicide(ctx: JobContext) -> None:
+    """Die by SIGKILL in the middle of the job."""
+    import os
+    import signal
+
+    ctx.progress(1, 2, "about to die")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 #: What ``jobcast serve tests.apps:served`` runs in the tests that need a real process.

@@ -120,11 +120,15 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def wait_job(
-    jobs: JobCast, job_id: str, done: Callable[[Job], bool] = lambda job: job.finished
+    jobs: JobCast,
+    job_id: str,
+    done: Callable[[Job], bool] = lambda job: job.finished,
+    *,
+    seconds: float = 5,
 ) -> Job:
-    """Wait, on the event log rather than a clock, until ``done(job)`` holds (5 s at most)."""
+    """Wait, on the event log rather than a clock, until ``done(job)`` holds."""
     runner = jobs.runner
-    with anyio.fail_after(5):
+    with anyio.fail_after(seconds):
         while not done(job := runner.get(job_id)):
             await runner.log.wait(runner.log.last_seq)
     return job

@@ -13,6 +13,7 @@ from .exceptions import (
     JobFinished,
     NotAccepting,
     QueueFull,
+    TaskError,
     UnknownJob,
     UnknownTask,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Progress",
     "QueueFull",
     "Settings",
+    "TaskError",
     "UnknownJob",
     "UnknownTask",
     "__version__",

@@ -21,8 +21,8 @@ from .eventlog import EventLog
 from .exceptions import NotAccepting
 from .runner import Runner
 from .settings import Settings
-from .stream import wait_for_exit_signal
 from .store import MemoryStore, Store
+from .stream import wait_for_exit_signal
 from .tasks import Mode, TaskRegistry
 
 __all__ = ["JobCast"]
@@ -71,6 +71,7 @@ class JobCast:
         mode: Mode = "thread",
         max_concurrency: int | None = None,
         timeout: float | None = None,
+        nice: int = 10,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -82,11 +83,14 @@ class JobCast:
         mode: Mode = "thread",
         max_concurrency: int | None = None,
         timeout: float | None = None,
+        nice: int = 10,
     ) -> Any:
         """Register a function as a task; use as ``@jobs.task`` or ``@jobs.task(...)``.
 
         The function takes a :class:`~jobcast.JobContext` first; its other parameters are the
-        job's params, validated by pydantic from their annotations.
+        job's params, validated by pydantic from their annotations. ``mode="process"`` runs
+        it in a worker process at ``nice`` lower CPU priority (for CPU-bound work, which
+        would otherwise hold the GIL and slow the API).
         """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,6 +101,7 @@ class JobCast:
                 mode=mode,
                 max_concurrency=max_concurrency,
                 timeout=timeout,
+                nice=nice,
             )
             return func
 

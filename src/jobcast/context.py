@@ -9,17 +9,22 @@ up before the loop gets to them.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .exceptions import JobCancelled
 
 __all__ = ["JobContext"]
 
 T = TypeVar("T")
+
+
+class Scheduler(Protocol):
+    """Where log flushes run: the event loop in the server, a reporter thread in a worker."""
+
+    def call_soon_threadsafe(self, callback: Callable[[], object], /) -> Any: ...
 
 
 class JobContext:
@@ -32,6 +37,7 @@ class JobContext:
 
     __slots__ = (
         "_cancel",
+        "_cancel_hooks",
         "_flush_scheduled",
         "_loop",
         "_on_lines",
@@ -51,7 +57,7 @@ class JobContext:
         task: str,
         params: dict[str, object],
         *,
-        loop: asyncio.AbstractEventLoop,
+        loop: Scheduler,
         on_lines: Callable[[list[str]], None],
     ) -> None:
         self.job_id = job_id
@@ -62,6 +68,7 @@ class JobContext:
         self.message: str | None = None
         self._stop = False  # read on every tracked item: a plain attribute is the cheapest check
         self._cancel = threading.Event()  # what ctx.sleep() waits on
+        self._cancel_hooks: list[Callable[[], None]] = []
         self._pending: deque[str] = deque()
         self._flush_scheduled = False
         self._loop = loop
@@ -116,8 +123,10 @@ class JobContext:
             try:
                 self._loop.call_soon_threadsafe(self._flush)
             except RuntimeError:
-                # The loop is gone: the server stopped and abandoned this thread.
+                # The loop is gone: the server stopped and abandoned this thread. Drop the
+                # lines and clear the flag, so later calls drop theirs too instead of piling up.
                 self._pending.clear()
+                self._flush_scheduled = False
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -147,5 +156,13 @@ class JobContext:
 
     def cancel(self) -> None:
         """Ask the task to stop (called by the runner, on the event loop)."""
+        first = not self._stop
         self._stop = True
         self._cancel.set()
+        if first:
+            for hook in self._cancel_hooks:
+                hook()
+
+    def on_cancel(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` when the job is cancelled (executors use it to signal a process)."""
+        self._cancel_hooks.append(hook)

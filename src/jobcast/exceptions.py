@@ -9,6 +9,7 @@ __all__ = [
     "JobcastError",
     "NotAccepting",
     "QueueFull",
+    "TaskError",
     "UnknownJob",
     "UnknownTask",
 ]
@@ -91,3 +92,19 @@ class JobCancelled(JobcastError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"job {job_id!r} was cancelled")
+
+
+class TaskError(JobcastError):
+    """Raised when task code running outside the server (a worker process) failed.
+
+    ``type_name`` names the original exception, ``message`` is its message, and ``trace``
+    its traceback as the worker printed it (for the server log, never for clients).
+    """
+
+    def __init__(self, type_name: str, message: str, *, trace: str | None = None) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.trace = trace
+        super().__init__(f"{type_name}: {message}")
+        if trace:
+            self.add_note(trace.rstrip())

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from .exceptions import TaskError
+
 __all__ = ["TERMINAL_STATES", "Job", "JobError", "JobState", "Progress", "ProgressMeter"]
 
 
@@ -34,6 +36,8 @@ class JobError:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> JobError:
+        if isinstance(exc, TaskError):  # raised in a worker: report the worker's exception
+            return cls(exc.type_name, exc.message)
         return cls(type(exc).__name__, str(exc))
 
     def to_dict(self) -> dict[str, str]:
@@ -81,7 +85,17 @@ class ProgressMeter:
     readings, bias-corrected, with ``smoothing`` in [0, 1] (0 gives the overall average).
     """
 
-    __slots__ = ("_calls", "_dn", "_dt", "_last_n", "_last_t", "_smoothing", "_started")
+    __slots__ = (
+        "_calls",
+        "_dn",
+        "_dt",
+        "_last_n",
+        "_last_t",
+        "_origin_n",
+        "_origin_t",
+        "_smoothing",
+        "_started",
+    )
 
     def __init__(self, started: float, *, smoothing: float = 0.3) -> None:
         if not 0.0 <= smoothing <= 1.0:
@@ -90,6 +104,7 @@ class ProgressMeter:
         self._started = started
         self._last_n = 0.0
         self._last_t = started
+        self._origin_n, self._origin_t = 0.0, started  # where the overall average counts from
         self._dn = 0.0
         self._dt = 0.0
         self._calls = 0
@@ -99,8 +114,9 @@ class ProgressMeter:
     ) -> Progress:
         elapsed = max(0.0, now - self._started)
         dn, dt = current - self._last_n, now - self._last_t
-        if dn < 0:  # the task restarted its count: measure afresh
+        if dn < 0:  # the task restarted its count: measure afresh, as tqdm's reset() does
             self._last_n, self._last_t = current, now
+            self._origin_n, self._origin_t = current, now
             self._dn, self._dt, self._calls = 0.0, 0.0, 0
         elif dt > 0:
             self._last_n, self._last_t = current, now
@@ -108,11 +124,12 @@ class ProgressMeter:
             self._dn = self._smoothing * dn + beta * self._dn
             self._dt = self._smoothing * dt + beta * self._dt
             self._calls += 1
-        return Progress(current, total, message, self._rate(current, elapsed), elapsed)
+        return Progress(current, total, message, self._rate(current, now), elapsed)
 
-    def _rate(self, current: float, elapsed: float) -> float | None:
+    def _rate(self, current: float, now: float) -> float | None:
         if self._smoothing == 0.0 or self._calls == 0:
-            return current / elapsed if elapsed > 0 and current > 0 else None
+            done, spent = current - self._origin_n, now - self._origin_t
+            return done / spent if spent > 0 and done > 0 else None
         # The bias correction of both averages cancels out in the ratio.
         return self._dn / self._dt if self._dt > 0 else None
 

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from ._process import run_in_process
 from ._threads import run_in_daemon_thread
 from .context import JobContext
 from .eventlog import EventLog
@@ -34,6 +35,9 @@ __all__ = ["Runner"]
 logger = logging.getLogger("jobcast")
 
 Reading = tuple[float, float | None, str | None]
+
+#: Seconds a worker process gets between SIGTERM and SIGKILL when its job is cancelled.
+KILL_GRACE = 3.0
 
 
 @dataclass(slots=True, eq=False)
@@ -235,11 +239,9 @@ class Runner:
 
     async def _execute(self, run: _Run) -> _Outcome:
         task, ctx = run.task, run.ctx
-        call = functools.partial(task.func, ctx, **run.job.params)
-        thread_name = f"jobcast-{task.name}-{run.job.id[:8]}"
         try:
             with anyio.move_on_after(task.timeout) as deadline:
-                result = await run_in_daemon_thread(call, name=thread_name)
+                result = await self._call(task, ctx, run.job.params)
         except JobCancelled:
             return self._stopped(run)
         except Exception as exc:
@@ -260,6 +262,19 @@ class Runner:
             )
             return _Outcome(JobState.FAILED, error=JobError("ResultNotSerializable", message))
         return _Outcome(JobState.SUCCEEDED, result=result)
+
+    async def _call(self, task: Task, ctx: JobContext, params: dict[str, Any]) -> Any:
+        if task.mode == "process":
+            return await run_in_process(
+                task.func,
+                ctx,
+                params,
+                nice=task.nice,
+                kill_grace=KILL_GRACE,
+                interval=self.settings.progress_interval / 2,
+            )
+        call = functools.partial(task.func, ctx, **params)
+        return await run_in_daemon_thread(call, name=f"jobcast-{task.name}-{ctx.job_id[:8]}")
 
     def _stopped(self, run: _Run) -> _Outcome:
         if run.stopping:

@@ -45,8 +45,8 @@ class Settings:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if value <= 0:
-                raise ValueError(f"{field.name} must be positive, got {value!r}")
+            if not value > 0 or value == float("inf"):  # also refuses NaN
+                raise ValueError(f"{field.name} must be positive and finite, got {value!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:

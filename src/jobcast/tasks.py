@@ -14,7 +14,7 @@ from .exceptions import UnknownTask
 
 __all__ = ["Mode", "Task", "TaskRegistry", "params_model"]
 
-Mode = Literal["thread"]
+Mode = Literal["thread", "process"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
 
 
@@ -29,6 +29,7 @@ class Task:
     mode: Mode = "thread"
     max_concurrency: int | None = None
     timeout: float | None = None
+    nice: int = 10  # added to a process-mode worker's CPU niceness
 
     def info(self) -> dict[str, Any]:
         """The task as ``GET /api/tasks`` lists it."""
@@ -92,6 +93,7 @@ class TaskRegistry:
         mode: Mode = "thread",
         max_concurrency: int | None = None,
         timeout: float | None = None,
+        nice: int = 10,
     ) -> Task:
         name = name or func.__name__
         if not name.replace("-", "_").isidentifier():
@@ -104,6 +106,13 @@ class TaskRegistry:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be between 0 and 19, got {nice!r}")
+        if mode == "process" and "<locals>" in getattr(func, "__qualname__", "<locals>"):
+            raise ValueError(
+                f"task {name!r}: mode='process' needs a module-level function, since the "
+                "worker process imports it by name"
+            )
         if inspect.iscoroutinefunction(func):
             raise TypeError(f"task {name!r} must be a plain function, not a coroutine function")
         task = Task(
@@ -114,6 +123,7 @@ class TaskRegistry:
             mode=mode,
             max_concurrency=max_concurrency,
             timeout=timeout,
+            nice=nice,
         )
         self._tasks[name] = task
         return task
