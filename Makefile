@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test lint typecheck check clean
+.PHONY: help install run test lint typecheck check screenshot clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -25,6 +25,7 @@ run: $(STAMP) ## serve the demo on http://127.0.0.1:8000
 	$(BIN)/jobcast serve
 
 test: $(STAMP) ## run the test suite (installs what the tests need)
+	@scripts/system-deps chromium
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## ruff
@@ -35,6 +36,10 @@ typecheck: $(STAMP) ## mypy --strict
 	$(BIN)/mypy
 
 check: lint typecheck test ## everything CI runs
+
+screenshot: $(STAMP) ## make docs/dashboard.png from a real browser
+	@scripts/system-deps chromium
+	$(BIN)/python scripts/screenshot.py
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -42,9 +42,7 @@ async def test_sigterm_with_a_running_job_and_open_streams_exits_within_the_grac
 ) -> None:
     server = spawn(JOBCAST_GRACE_PERIOD="1")
     async with httpx.AsyncClient(timeout=10) as client:
-        stubborn = await client.post(
-            f"{server.url}/api/tasks/stubborn/jobs", json={"seconds": 300}
-        )
+        stubborn = await client.post(f"{server.url}/api/tasks/stubborn/jobs", json={"seconds": 300})
         job_id = stubborn.json()["id"]
         async with (
             open_stream(client, f"{server.url}/api/events") as everything,

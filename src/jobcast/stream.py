@@ -42,9 +42,7 @@ class EventStream(EventSourceResponse):
     """
 
     def __init__(self, frames: AsyncIterator[bytes], *, grace: float) -> None:
-        super().__init__(
-            frames, ping=0, shutdown_event=anyio.Event(), shutdown_grace_period=grace
-        )
+        super().__init__(frames, ping=0, shutdown_event=anyio.Event(), shutdown_grace_period=grace)
 
 
 def last_event_id(request: Request) -> int | None:

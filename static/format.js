@@ -1,0 +1,89 @@
+// Pure formatting helpers: job data in, short human text out.
+
+export const TERMINAL_STATES = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
+
+export function shortId(id) {
+  return String(id).slice(0, 8);
+}
+
+export function truncate(text, limit) {
+  return text.length > limit ? `${text.slice(0, limit - 1)}…` : text;
+}
+
+export function parseTime(iso) {
+  const ms = iso ? Date.parse(iso) : NaN;
+  return Number.isNaN(ms) ? null : ms;
+}
+
+export function formatClock(iso) {
+  const ms = parseTime(iso);
+  if (ms === null) return '';
+  const date = new Date(ms);
+  const time = date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+  if (date.toDateString() === new Date().toDateString()) return time;
+  return `${date.toLocaleDateString([], { month: 'short', day: 'numeric' })} ${time}`;
+}
+
+export function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return '';
+  const safe = Math.max(0, seconds);
+  if (safe < 10) return `${safe.toFixed(1)}s`;
+  const whole = Math.round(safe);
+  if (whole < 60) return `${whole}s`;
+  const minutes = Math.floor(whole / 60);
+  if (minutes < 60) return `${minutes}m ${pad(whole % 60)}s`;
+  return `${Math.floor(minutes / 60)}h ${pad(minutes % 60)}m`;
+}
+
+function pad(value) {
+  return String(value).padStart(2, '0');
+}
+
+/** Seconds a job has run: up to its end, or up to `now` (ms) while it runs. */
+export function jobDuration(job, now) {
+  const start = parseTime(job.started_at);
+  if (start === null) return null;
+  const end = parseTime(job.finished_at) ?? (job.state === 'running' ? now : null);
+  return end === null ? null : (end - start) / 1000;
+}
+
+export function formatNumber(value) {
+  if (typeof value !== 'number') return '';
+  return Number.isInteger(value) ? String(value) : value.toFixed(2).replace(/\.?0+$/, '');
+}
+
+export function formatRate(rate) {
+  if (typeof rate !== 'number' || !Number.isFinite(rate)) return '';
+  const digits = rate >= 100 ? 0 : rate >= 10 ? 1 : 2;
+  return `${rate.toFixed(digits)}/s`;
+}
+
+export function formatCount(progress) {
+  if (typeof progress.current !== 'number') return '';
+  const current = formatNumber(progress.current);
+  return progress.total === null || progress.total === undefined
+    ? current
+    : `${current}/${formatNumber(progress.total)}`;
+}
+
+function compactValue(value) {
+  return typeof value === 'string' ? value : JSON.stringify(value);
+}
+
+export function summarizeParams(params) {
+  if (!params || typeof params !== 'object') return '';
+  return Object.entries(params)
+    .map(([key, value]) => `${key}=${compactValue(value)}`)
+    .join(', ');
+}
+
+export function errorText(error) {
+  if (error === null || error === undefined) return '';
+  if (typeof error === 'string') return error;
+  if (error.type && error.message) return `${error.type}: ${error.message}`;
+  return error.message || error.type || JSON.stringify(error);
+}
+
+export function resultText(result) {
+  return result === null || result === undefined ? '' : JSON.stringify(result);
+}

@@ -1,0 +1,197 @@
+"""The dashboard page, in a real headless Chromium against a real uvicorn."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from jobcast import Job
+from jobcast.events import Event
+from jobcast.store import MemoryStore, Recovered, Store
+from tests.conftest import Server
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+Serve = Callable[..., tuple[Any, Server]]
+
+
+class KeepingStore:
+    """A durable store in memory: jobs and events survive a restart of the same server.
+
+    It lets a test restart the server and see the page resume from its Last-Event-ID rather
+    than start over from a reset.
+    """
+
+    durable = True
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.events: list[Event] = []
+
+    async def open(self) -> Recovered:
+        next_seq = self.events[0].seq if self.events else 1
+        return Recovered(next_seq=next_seq, jobs=list(self.jobs.values()), events=self.events[:])
+
+    def record(self, event: Event, job: Job) -> None:
+        self.events.append(event)
+        self.jobs[job.id] = job
+
+    def forget(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            self.jobs.pop(job_id, None)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"the page tests need Debian's chromium at {CHROMIUM}; `make test` installs it")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh page; the test fails if the page throws an uncaught error."""
+    context = browser.new_context()
+    page = context.new_page()
+    errors: list[Exception] = []
+    page.on("pageerror", lambda error: errors.append(error))
+    yield page
+    context.close()
+    assert not errors, f"the page threw: {errors}"
+
+
+def open_dashboard(page: Page, server: Server) -> None:
+    page.goto(server.url)
+    expect(page.locator("#connection")).to_have_attribute("data-status", "live")
+    expect(page.locator('form[data-task="sleep"]')).to_be_visible()
+
+
+def start_sleep(page: Page, seconds: str, steps: str) -> None:
+    form = page.locator('form[data-task="sleep"]')
+    form.locator('[name="seconds"]').fill(seconds)
+    form.locator('[name="steps"]').fill(steps)
+    form.get_by_role("button", name="Start").click()
+
+
+def row_ids(page: Page) -> list[str]:
+    ids: list[str] = page.locator("tr[data-job-id]").evaluate_all(
+        "rows => rows.map(row => row.dataset.jobId)"
+    )
+    return ids
+
+
+def test_a_started_job_fills_its_bar_and_succeeds(serve: Serve, page: Page) -> None:
+    _, server = serve()
+    open_dashboard(page, server)
+    start_sleep(page, seconds="1", steps="10")
+
+    row = page.locator("tr[data-job-id]")
+    expect(row).to_have_count(1)
+    expect(row).to_have_attribute("data-state", "succeeded", timeout=10_000)
+    expect(row.locator(".progress")).to_have_attribute("data-percent", "100")
+    expect(row).to_contain_text("100%")
+    expect(row).to_contain_text("10/10")
+    expect(page.locator("#announcer")).to_contain_text("succeeded")
+
+    row.locator("button.logs").click()
+    expect(page.locator("#log-panel")).to_contain_text("step 10/10 done")
+
+
+def test_a_running_job_can_be_cancelled(serve: Serve, page: Page) -> None:
+    _, server = serve()
+    open_dashboard(page, server)
+    start_sleep(page, seconds="60", steps="60")
+
+    row = page.locator("tr[data-job-id]")
+    expect(row).to_have_attribute("data-state", "running")
+    row.locator("button.cancel").click()
+    expect(row).to_have_attribute("data-state", "cancelled")
+    expect(row.locator("button.cancel")).to_be_hidden()
+
+
+def test_an_invalid_param_is_shown_at_its_field_and_starts_nothing(
+    serve: Serve, page: Page
+) -> None:
+    _, server = serve()
+    open_dashboard(page, server)
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.method))
+    start_sleep(page, seconds="-1", steps="10")
+
+    seconds = page.locator('form[data-task="sleep"] [name="seconds"]')
+    error = page.locator('form[data-task="sleep"] .field-error').first
+    expect(error).to_be_visible()
+    expect(error).not_to_be_empty()
+    expect(seconds).to_have_attribute("aria-invalid", "true")
+    expect(page.locator('form[data-task="sleep"] .form-message')).not_to_be_empty()
+    assert "POST" not in sent
+    assert row_ids(page) == []
+
+
+def test_the_servers_422_is_shown_at_its_field(serve: Serve, page: Page) -> None:
+    _, server = serve()
+    open_dashboard(page, server)
+    seconds = page.locator('form[data-task="sleep"] [name="seconds"]')
+    # Drop the bound the page took from the schema, so the server is the one that refuses.
+    seconds.evaluate("input => input.removeAttribute('min')")
+    seconds.evaluate("input => delete input.dataset.exclusiveMin")
+
+    with page.expect_response("**/api/tasks/sleep/jobs") as answer:
+        start_sleep(page, seconds="-1", steps="10")
+    assert answer.value.status == 422
+
+    error = page.locator('form[data-task="sleep"] .field-error').first
+    expect(error).to_contain_text("greater than 0")
+    expect(seconds).to_have_attribute("aria-invalid", "true")
+    error_id = error.get_attribute("id")
+    assert error_id and error_id in (seconds.get_attribute("aria-describedby") or "").split()
+
+
+@pytest.mark.parametrize(
+    "make_store",
+    [KeepingStore, MemoryStore],
+    ids=["resume", "reset"],
+)
+def test_after_a_restart_the_page_reconnects_and_shows_each_job_once(
+    serve: Serve, page: Page, make_store: Callable[[], Store]
+) -> None:
+    _, server = serve(store=make_store())
+    open_dashboard(page, server)
+    start_sleep(page, seconds="0.2", steps="2")
+    rows = page.locator("tr[data-job-id]")
+    expect(rows).to_have_attribute("data-state", "succeeded")
+
+    connection = page.locator("#connection")
+    server.stop()
+    expect(connection).to_have_attribute("data-status", "reconnecting")
+    server.start()
+    # Started while the page is away: it must arrive through the resumed stream.
+    response = httpx.post(f"{server.url}/api/tasks/sleep/jobs", json={"seconds": 0.1, "steps": 1})
+    assert response.status_code == 202
+    missed = response.json()["id"]
+    expect(connection).to_have_attribute("data-status", "live", timeout=15_000)
+
+    expect(page.locator(f'tr[data-job-id="{missed}"]')).to_have_attribute("data-state", "succeeded")
+    ids = row_ids(page)
+    on_server = {job["id"] for job in httpx.get(f"{server.url}/api/jobs").json()}
+    assert len(ids) == len(set(ids)) and set(ids) == on_server
