@@ -88,6 +88,16 @@ def make_jobs(**options: Any) -> JobCast:
             ctx.raise_if_cancelled()
         return name
 
+    @jobs.task(duplicates="reject")
+    def unique(ctx: JobContext, name: str) -> str:
+        """Like hold, but refuses a second job with the same name while one is active."""
+        return str(hold(ctx, name)["gate"])
+
+    @jobs.task(duplicates="join")
+    def shared(ctx: JobContext, name: str) -> str:
+        """Like hold, but a second start with the same name joins the active job."""
+        return str(hold(ctx, name)["gate"])
+
     @jobs.task(timeout=0.2)
     def slow(ctx: JobContext) -> None:
         """Outlast its 0.2 s timeout, cooperatively."""

@@ -292,3 +292,45 @@ async def test_routes_answer_503_when_the_service_is_not_running() -> None:
         response = await client.get("/api/jobs")
     assert response.status_code == 503
     assert "not running" in response.json()["detail"]
+
+
+async def test_a_rejected_duplicate_is_409_naming_the_existing_job(api: Start) -> None:
+    jobs, client = await api()
+    first = await start(client, "unique", name="u")
+    response = await client.post("/api/tasks/unique/jobs", json={"name": "u"})
+    assert response.status_code == 409
+    assert response.json()["job"]["id"] == first["id"]
+    assert first["id"] in response.json()["detail"]
+    other = await start(client, "unique", name="different params are no duplicate")
+    assert len(jobs.runner.jobs) == 2
+    gate("u").set()
+    await wait_job(jobs, first["id"])
+    again = await start(client, "unique", name="u")  # finished jobs are no duplicates
+    assert again["id"] not in (first["id"], other["id"])
+
+
+async def test_a_joined_duplicate_is_200_with_the_existing_job(api: Start) -> None:
+    jobs, client = await api()
+    first = await start(client, "shared", name="s")
+    response = await client.post("/api/tasks/shared/jobs", json={"name": "s"})
+    assert response.status_code == 200
+    assert response.json()["id"] == first["id"]
+    assert response.headers["location"] == f"/api/jobs/{first['id']}"
+    assert len(jobs.runner.jobs) == 1
+
+
+async def test_concurrent_duplicate_starts_create_exactly_one_job(api: Start) -> None:
+    import anyio
+
+    jobs, client = await api()
+    statuses: list[int] = []
+
+    async def post() -> None:
+        response = await client.post("/api/tasks/unique/jobs", json={"name": "race"})
+        statuses.append(response.status_code)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(20):
+            group.start_soon(post)
+    assert sorted(statuses) == [202] + [409] * 19
+    assert len(jobs.runner.jobs) == 1

@@ -173,6 +173,7 @@ def test_info_lists_what_get_api_tasks_shows() -> None:
         "mode": "thread",
         "max_concurrency": 2,
         "timeout": 60,
+        "duplicates": "allow",
     }
 
 

@@ -23,9 +23,9 @@ from .exceptions import (
     UnknownJob,
     UnknownTask,
 )
-from .jobs import Job, JobState
+from .jobs import JobState
 from .runner import Runner
-from .schemas import ErrorOut, JobOut, TaskOut
+from .schemas import DuplicateOut, ErrorOut, JobOut, TaskOut
 from .tasks import Task
 
 __all__ = ["build_router"]
@@ -44,7 +44,10 @@ def error_response(exc: JobcastError) -> JSONResponse:
     """The HTTP answer for a domain error: its status, and a message that says what to do."""
     status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
-    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+    body: dict[str, Any] = {"detail": str(exc)}
+    if isinstance(exc, DuplicateJob):
+        body["job"] = exc.snapshot
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class JobcastRoute(APIRoute):
@@ -80,21 +83,25 @@ def _json_or_empty(request: Request) -> bool:
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
-
-
-def _accepted(job: Job) -> JSONResponse:
-    return JSONResponse(
-        job.snapshot(), status_code=202, headers={"Location": f"/api/jobs/{job.id}"}
-    )
+_START_ERRORS: dict[int | str, dict[str, Any]] = {
+    200: {"model": JobOut, "description": "joined the equal job already queued or running"},
+    409: {"model": DuplicateOut},
+    429: {"model": ErrorOut},
+}
 
 
 def _submit(runner: Runner, task: str, params: object) -> JSONResponse:
+    """202 and the new job; 200 and the existing one when the task joins duplicates."""
     try:
-        job = runner.submit(task, params)
+        job, created = runner.submit(task, params)
     except ValidationError as exc:
         errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         raise RequestValidationError(errors) from exc
-    return _accepted(job)
+    return JSONResponse(
+        job.snapshot(),
+        status_code=202 if created else 200,
+        headers={"Location": f"/api/jobs/{job.id}"},
+    )
 
 
 def _typed_endpoint(
@@ -147,7 +154,7 @@ def build_router(tasks: list[Task], runner: Callable[[], Runner]) -> APIRouter:
             methods=["POST"],
             status_code=202,
             response_model=JobOut,
-            responses={409: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+            responses=_START_ERRORS,
             summary=f"Start a {task.name} job",
             description=task.description or None,
             tags=["tasks"],
@@ -158,7 +165,7 @@ def build_router(tasks: list[Task], runner: Callable[[], Runner]) -> APIRouter:
         "/api/tasks/{task}/jobs",
         status_code=202,
         response_model=JobOut,
-        responses={**_ERRORS, 409: {"model": ErrorOut}, 429: {"model": ErrorOut}},
+        responses={**_ERRORS, **_START_ERRORS},
         tags=["jobs"],
     )
     async def start_job(

@@ -23,7 +23,7 @@ from .runner import Runner
 from .settings import Settings
 from .store import MemoryStore, Store
 from .stream import wait_for_exit_signal
-from .tasks import Mode, TaskRegistry
+from .tasks import Duplicates, Mode, TaskRegistry
 
 __all__ = ["JobCast"]
 
@@ -72,6 +72,7 @@ class JobCast:
         max_concurrency: int | None = None,
         timeout: float | None = None,
         nice: int = 10,
+        duplicates: Duplicates = "allow",
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -84,13 +85,16 @@ class JobCast:
         max_concurrency: int | None = None,
         timeout: float | None = None,
         nice: int = 10,
+        duplicates: Duplicates = "allow",
     ) -> Any:
         """Register a function as a task; use as ``@jobs.task`` or ``@jobs.task(...)``.
 
         The function takes a :class:`~jobcast.JobContext` first; its other parameters are the
         job's params, validated by pydantic from their annotations. ``mode="process"`` runs
         it in a worker process at ``nice`` lower CPU priority (for CPU-bound work, which
-        would otherwise hold the GIL and slow the API).
+        would otherwise hold the GIL and slow the API). ``duplicates`` says what starting a
+        job does while one with equal params is queued or running: ``"allow"`` another,
+        ``"reject"`` it (409 naming the existing job) or ``"join"`` the existing one.
         """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -102,6 +106,7 @@ class JobCast:
                 max_concurrency=max_concurrency,
                 timeout=timeout,
                 nice=nice,
+                duplicates=duplicates,
             )
             return func
 

@@ -9,6 +9,7 @@ __all__ = [
     "JobcastError",
     "NotAccepting",
     "QueueFull",
+    "StoreError",
     "TaskError",
     "UnknownJob",
     "UnknownTask",
@@ -53,9 +54,10 @@ class JobFinished(JobcastError):
 class DuplicateJob(JobcastError):
     """Raised when a task refuses a job whose params match one already queued or running."""
 
-    def __init__(self, job_id: str, task: str) -> None:
+    def __init__(self, job_id: str, task: str, snapshot: dict[str, object]) -> None:
         self.job_id = job_id
         self.task = task
+        self.snapshot = snapshot
         super().__init__(
             f"task {task!r} already has job {job_id!r} with the same params queued or running; "
             "watch that job, or wait for it to finish before starting another"
@@ -108,3 +110,13 @@ class TaskError(JobcastError):
         super().__init__(f"{type_name}: {message}")
         if trace:
             self.add_note(trace.rstrip())
+
+
+class StoreError(JobcastError):
+    """Raised when the store cannot lock, open, read or write its database file."""
+
+    def __init__(self, path: str, problem: str, remedy: str) -> None:
+        self.path = path
+        self.problem = problem
+        self.remedy = remedy
+        super().__init__(f"jobcast database {path}: {problem}; {remedy}")

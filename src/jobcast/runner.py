@@ -15,7 +15,7 @@ import logging
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup
@@ -24,13 +24,20 @@ from ._process import run_in_process
 from ._threads import run_in_daemon_thread
 from .context import JobContext
 from .eventlog import EventLog
-from .exceptions import JobCancelled, JobFinished, NotAccepting, QueueFull, UnknownJob
+from .exceptions import (
+    DuplicateJob,
+    JobCancelled,
+    JobFinished,
+    NotAccepting,
+    QueueFull,
+    UnknownJob,
+)
 from .jobs import Job, JobError, JobState, ProgressMeter
 from .settings import Settings
 from .store import Store
 from .tasks import Task, TaskRegistry
 
-__all__ = ["Runner"]
+__all__ = ["Runner", "Submitted"]
 
 logger = logging.getLogger("jobcast")
 
@@ -51,6 +58,13 @@ class _Run:
     reading: Reading | None = None  # the last progress reading published
     stopping: bool = False  # cancelled by shutdown rather than by a user
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+
+class Submitted(NamedTuple):
+    """What :meth:`Runner.submit` did: the job, and whether it is a new one."""
+
+    job: Job
+    created: bool
 
 
 @dataclass(slots=True, frozen=True)
@@ -86,16 +100,24 @@ class Runner:
 
     # -- the public operations -----------------------------------------------------------------
 
-    def submit(self, task_name: str, params: object) -> Job:
+    def submit(self, task_name: str, params: object) -> Submitted:
         """Validate ``params``, queue a job of ``task_name`` and start it when there is room.
 
+        A task that joins duplicates hands back the equal job already queued or running.
         Raises :class:`~jobcast.UnknownTask`, pydantic's ``ValidationError``,
-        :class:`~jobcast.QueueFull` or :class:`~jobcast.NotAccepting`; none changes anything.
+        :class:`~jobcast.DuplicateJob`, :class:`~jobcast.QueueFull` or
+        :class:`~jobcast.NotAccepting`; none changes anything.
         """
         if not self._accepting:
             raise NotAccepting("the server is shutting down")
         task = self.registry.get(task_name)
         values = task.validate(params)
+        if task.duplicates != "allow":
+            twin = self._active_twin(task.name, values)
+            if twin is not None and task.duplicates == "join":
+                return Submitted(twin, created=False)
+            if twin is not None:
+                raise DuplicateJob(twin.id, task.name, twin.snapshot())
         if len(self._queue) >= self.settings.max_queue:
             raise QueueFull(self.settings.max_queue, retry_after=5)
         job = Job(task=task.name, params=values, created_at=time.time())
@@ -104,7 +126,14 @@ class Runner:
         self._queue.append(job)
         self._dispatch()
         self._evict()
-        return job
+        return Submitted(job, created=True)
+
+    def _active_twin(self, task: str, params: dict[str, Any]) -> Job | None:
+        # Params are validated to JSON data, so equal params compare equal as dicts.
+        for job in itertools.chain(self._queue, (run.job for run in self._runs.values())):
+            if job.task == task and job.params == params:
+                return job
+        return None
 
     def get(self, job_id: str) -> Job:
         try:

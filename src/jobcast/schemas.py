@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from .jobs import JobState
 
-__all__ = ["ErrorOut", "JobErrorOut", "JobOut", "ProgressOut", "TaskOut"]
+__all__ = ["DuplicateOut", "ErrorOut", "JobErrorOut", "JobOut", "ProgressOut", "TaskOut"]
 
 
 class ProgressOut(BaseModel):
@@ -48,9 +48,16 @@ class TaskOut(BaseModel):
     mode: str
     max_concurrency: int | None
     timeout: float | None
+    duplicates: str
 
 
 class ErrorOut(BaseModel):
     """What every 4xx and 5xx of jobcast's own says: what went wrong and what to do."""
 
     detail: str
+
+
+class DuplicateOut(ErrorOut):
+    """A refused duplicate: the message, and the job already queued or running."""
+
+    job: JobOut

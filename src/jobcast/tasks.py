@@ -12,10 +12,14 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from .exceptions import UnknownTask
 
-__all__ = ["Mode", "Task", "TaskRegistry", "params_model"]
+__all__ = ["Duplicates", "Mode", "Task", "TaskRegistry", "params_model"]
 
 Mode = Literal["thread", "process"]
 MODES: tuple[str, ...] = typing.get_args(Mode)
+
+#: What starting a job does when one of the same task with equal params is queued or running.
+Duplicates = Literal["allow", "reject", "join"]
+DUPLICATES: tuple[str, ...] = typing.get_args(Duplicates)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +34,7 @@ class Task:
     max_concurrency: int | None = None
     timeout: float | None = None
     nice: int = 10  # added to a process-mode worker's CPU niceness
+    duplicates: Duplicates = "allow"
 
     def info(self) -> dict[str, Any]:
         """The task as ``GET /api/tasks`` lists it."""
@@ -40,6 +45,7 @@ class Task:
             "mode": self.mode,
             "max_concurrency": self.max_concurrency,
             "timeout": self.timeout,
+            "duplicates": self.duplicates,
         }
 
     def validate(self, params: object) -> dict[str, Any]:
@@ -94,6 +100,7 @@ class TaskRegistry:
         max_concurrency: int | None = None,
         timeout: float | None = None,
         nice: int = 10,
+        duplicates: Duplicates = "allow",
     ) -> Task:
         name = name or func.__name__
         if not name.replace("-", "_").isidentifier():
@@ -106,6 +113,8 @@ class TaskRegistry:
             raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if duplicates not in DUPLICATES:
+            raise ValueError(f"duplicates must be one of {DUPLICATES}, got {duplicates!r}")
         if not 0 <= nice <= 19:
             raise ValueError(f"nice must be between 0 and 19, got {nice!r}")
         if mode == "process" and "<locals>" in getattr(func, "__qualname__", "<locals>"):
@@ -124,6 +133,7 @@ class TaskRegistry:
             max_concurrency=max_concurrency,
             timeout=timeout,
             nice=nice,
+            duplicates=duplicates,
         )
         self._tasks[name] = task
         return task
