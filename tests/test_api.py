@@ -334,3 +334,30 @@ async def test_concurrent_duplicate_starts_create_exactly_one_job(api: Start) ->
             group.start_soon(post)
     assert sorted(statuses) == [202] + [409] * 19
     assert len(jobs.runner.jobs) == 1
+
+
+async def test_the_router_mounts_into_an_existing_app_with_the_lifespan() -> None:
+    from fastapi import FastAPI
+
+    jobs = JobCast()
+
+    @jobs.task
+    def double(ctx: object, x: int) -> int:
+        return 2 * x
+
+    app = FastAPI(lifespan=jobs.lifespan)
+
+    @app.get("/mine")
+    async def mine() -> dict[str, bool]:
+        return {"mine": True}
+
+    app.include_router(jobs.router)
+    async with jobs.lifespan(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://x.test") as client:
+            assert (await client.get("/mine")).json() == {"mine": True}
+            created = (await client.post("/api/tasks/double/jobs", json={"x": 21})).json()
+            job = await wait_job(jobs, created["id"])
+            assert job.result == 42
+            invalid = await client.post("/api/tasks/double/jobs", json={"x": "many"})
+            assert invalid.status_code == 422
