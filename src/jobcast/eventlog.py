@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
+import asyncio
 
 from .events import Event
 
@@ -45,7 +45,7 @@ class EventLog:
         self._events: list[Event] = []
         self._offset = next_seq  # the sequence number of self._events[0]
         self._next_seq = next_seq
-        self._changed = anyio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
         self.subscribers = 0  # open streams, for health and tests
 
@@ -84,10 +84,14 @@ class EventLog:
         self._wake()
 
     def _wake(self) -> None:
-        # Setting the event wakes the cursors that are parked on it; the next append finds a
-        # fresh event with no waiters yet, so a burst of appends costs one wake-up per cursor.
-        self._changed.set()
-        self._changed = anyio.Event()
+        # Each parked cursor has its own future in a list that is swapped out whole: the next
+        # append finds no waiters yet, so a burst of appends costs one wake-up per cursor.
+        # (asyncio.Event, tried first, removes each woken waiter from a deque: quadratic in
+        # the number of cursors, 20% of the CPU at 1,000 streams in a py-spy profile.)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():  # a cancelled cursor (its client left) is skipped
+                waiter.set_result(None)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -126,7 +130,11 @@ class EventLog:
         """Return once the log has events after ``position``, or is poked, or is closed."""
         if self._closed or self.last_seq > position:
             return
-        await self._changed.wait()
+        if len(self._waiters) > 2 * self.subscribers + 64:  # clients left while all was quiet
+            self._waiters = [waiter for waiter in self._waiters if not waiter.done()]
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
 
     def poke(self) -> None:
         """Wake every waiting cursor with nothing new: streams use it to send a keepalive."""
