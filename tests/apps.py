@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from jobcast import JobCast, JobContext
-from jobcast.demo import sleep, ticker
+
+# The suite writes no database into the checkout: apps that name no store (the demo's, a
+# bare JobCast(), the servers tests spawn) keep nothing unless a test sets JOBCAST_DB or
+# passes db= or store=. setdefault, so that a server spawned with JOBCAST_DB keeps its file.
+# It must come before jobcast.demo is imported (in make_jobs): the demo builds its app, and
+# so reads its settings, at import.
+os.environ.setdefault("JOBCAST_DB", ":memory:")
 
 #: Gates that ``hold`` jobs wait on, by name: a test opens one to let its job finish.
 GATES: dict[str, threading.Event] = {}
@@ -20,6 +27,8 @@ def gate(name: str) -> threading.Event:
 
 def make_jobs(**options: Any) -> JobCast:
     """A JobCast with quick timings, the test tasks, and ``options`` on top."""
+    from jobcast.demo import sleep, ticker
+
     options.setdefault("progress_interval", 0.02)
     options.setdefault("grace_period", 1.0)
     jobs = JobCast(**options)
@@ -79,6 +88,15 @@ def make_jobs(**options: Any) -> JobCast:
     def stubborn(ctx: JobContext, seconds: float = 300) -> None:
         """Ignore cancellation: block the thread for `seconds`."""
         threading.Event().wait(seconds)
+
+    @jobs.task(retry_on_restart=True)
+    def resumable(ctx: JobContext, name: str) -> str:
+        """Like hold, but queued again to run from the start when the server restarts."""
+        ctx.log(f"holding on {name}")
+        released = gate(name)
+        while not released.wait(0.01):
+            ctx.raise_if_cancelled()
+        return name
 
     @jobs.task(max_concurrency=1)
     def single(ctx: JobContext, name: str) -> str:

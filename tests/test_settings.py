@@ -23,6 +23,9 @@ def test_defaults() -> None:
         "max_body_bytes": 1 << 20,
         "max_log_line": 4096,
         "snapshot_jobs": 500,
+        "db": "jobcast.db",
+        "retain_events": 100_000,
+        "retain_days": 7.0,
     }
 
 

@@ -21,7 +21,7 @@ from .eventlog import EventLog
 from .exceptions import NotAccepting
 from .runner import Runner
 from .settings import Settings
-from .store import MemoryStore, Store
+from .store import MemoryStore, ReportsFailures, SqliteStore, Store
 from .stream import wait_for_exit_signal
 from .tasks import Duplicates, Mode, TaskRegistry
 
@@ -43,7 +43,9 @@ class JobCast:
 
     Options are the fields of :class:`~jobcast.settings.Settings`, given as keyword
     arguments; those not given are read from ``JOBCAST_*`` environment variables when the
-    app starts, and default otherwise.
+    app starts, and default otherwise. Jobs and events are kept in the SQLite file named by
+    the ``db`` option (``jobcast.db``; ``":memory:"`` keeps nothing across restarts), unless
+    a ``store`` is given.
     """
 
     def __init__(self, *, store: Store | None = None, **options: Any) -> None:
@@ -73,6 +75,7 @@ class JobCast:
         timeout: float | None = None,
         nice: int = 10,
         duplicates: Duplicates = "allow",
+        retry_on_restart: bool = False,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -86,6 +89,7 @@ class JobCast:
         timeout: float | None = None,
         nice: int = 10,
         duplicates: Duplicates = "allow",
+        retry_on_restart: bool = False,
     ) -> Any:
         """Register a function as a task; use as ``@jobs.task`` or ``@jobs.task(...)``.
 
@@ -95,6 +99,8 @@ class JobCast:
         would otherwise hold the GIL and slow the API). ``duplicates`` says what starting a
         job does while one with equal params is queued or running: ``"allow"`` another,
         ``"reject"`` it (409 naming the existing job) or ``"join"`` the existing one.
+        A job the server stops under (a restart, a crash) ends ``interrupted``, or with
+        ``retry_on_restart=True`` is queued again to run from the start at the next start.
         """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -107,6 +113,7 @@ class JobCast:
                 timeout=timeout,
                 nice=nice,
                 duplicates=duplicates,
+                retry_on_restart=retry_on_restart,
             )
             return func
 
@@ -133,13 +140,18 @@ class JobCast:
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
         """Run the service: a FastAPI ``lifespan``, or ``async with jobs.lifespan():``."""
         settings = self.settings
-        store = self._store or MemoryStore()
+        store = self._store or _default_store(settings)
         recovered = await store.open()
-        log = EventLog(maxlen=settings.event_buffer, next_seq=recovered.next_seq)
-        log.extend(recovered.events)
+        events = recovered.events
+        log = EventLog(
+            maxlen=settings.event_buffer, next_seq=events[0].seq if events else recovered.next_seq
+        )
+        log.extend(events)
         try:
             async with anyio.create_task_group() as task_group:
                 runner = Runner(self.tasks, log, store, settings, task_group)
+                if isinstance(store, ReportsFailures):
+                    store.on_failure(runner.store_failed)
                 runner.restore(recovered.jobs)
                 task_group.start_soon(_keepalive, log, settings.keepalive_interval)
                 task_group.start_soon(_stop_on_exit_signal, runner)
@@ -169,6 +181,18 @@ class JobCast:
             return FileResponse(static / "index.html")
 
         return app
+
+
+def _default_store(settings: Settings) -> Store:
+    # ":memory:" keeps nothing, so the memory store does: its ids still grow across restarts.
+    if settings.db == ":memory:":
+        return MemoryStore()
+    return SqliteStore(
+        settings.db,
+        tail=settings.event_buffer,
+        retain_events=settings.retain_events,
+        retain_days=settings.retain_days,
+    )
 
 
 async def _stop_on_exit_signal(runner: Runner) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ import uvicorn
 
 from . import __version__
 from .app import JobCast
+from .exceptions import StoreError
 
 __all__ = ["load_app", "main"]
 
@@ -39,6 +41,24 @@ def load_app(target: str) -> Any:
     return obj.create_app() if isinstance(obj, JobCast) else obj
 
 
+class _StoreErrorWithoutTraceback(logging.Filter):
+    """Shortens uvicorn's report of a failed startup to the message of a :class:`StoreError`.
+
+    Starlette hands uvicorn a failed startup as a formatted traceback; when the store refused
+    to open, its message already names the file and says what to do, and the traceback
+    would only bury it.
+    """
+
+    _MARKER = f"{StoreError.__module__}.{StoreError.__qualname__}: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Traceback") and self._MARKER in message:
+            reason = message.rsplit(self._MARKER, 1)[1].strip()
+            record.msg, record.args = f"jobcast cannot start: {reason}", ()
+        return True
+
+
 def app_from_environment() -> Any:
     """The uvicorn factory used with ``--reload``: the target travels in the environment."""
     return load_app(os.environ.get(_TARGET_VARIABLE, DEMO))
@@ -57,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.getcwd())
+    logging.getLogger("uvicorn.error").addFilter(_StoreErrorWithoutTraceback())
     # Streams hold connections open; past the grace period uvicorn stops waiting for them.
     grace = float(os.environ.get("JOBCAST_GRACE_PERIOD", "5"))
     options: dict[str, Any] = {

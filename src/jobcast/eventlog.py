@@ -9,11 +9,10 @@ older than what is retained is a gap, which the stream reports instead of hiding
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
-
-import asyncio
 
 from .events import Event
 

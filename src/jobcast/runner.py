@@ -34,7 +34,7 @@ from .exceptions import (
 )
 from .jobs import Job, JobError, JobState, ProgressMeter
 from .settings import Settings
-from .store import Store
+from .store import Store, WriteFailure
 from .tasks import Task, TaskRegistry
 
 __all__ = ["Runner", "Submitted"]
@@ -57,6 +57,7 @@ class _Run:
     meter: ProgressMeter
     reading: Reading | None = None  # the last progress reading published
     stopping: bool = False  # cancelled by shutdown rather than by a user
+    failure: JobError | None = None  # the store lost its events: the job fails with this
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
 
@@ -183,19 +184,55 @@ class Runner:
         return jobs
 
     def restore(self, jobs: list[Job]) -> None:
-        """Take back jobs a durable store kept: queued ones run again, running ones end.
+        """Take back jobs a durable store kept, oldest first: queued ones run again.
 
-        A job that was running when the process stopped cannot be resumed mid-way; it ends
-        ``interrupted`` so that nothing stays ``running`` forever.
+        A job that was running when the process stopped cannot be resumed mid-way: it ends
+        ``interrupted`` so that nothing stays ``running`` forever, or, when its task is
+        declared ``retry_on_restart``, is queued again to run from the start (ahead of the
+        jobs that were still waiting). A job whose task is no longer registered fails.
         """
+        requeued: list[Job] = []
+        waiting: list[Job] = []
         for job in jobs:
             self.jobs[job.id] = job
-            if job.state is JobState.RUNNING:
+            if job.finished:
+                continue
+            if job.task not in self.registry:
+                message = (
+                    f"task {job.task!r} is no longer registered, so the job cannot run after "
+                    "the restart; register the task again, or start another job"
+                )
+                self._finish(job, _Outcome(JobState.FAILED, error=JobError("UnknownTask", message)))
+            elif job.state is JobState.QUEUED:
+                waiting.append(job)
+            elif self.registry.get(job.task).retry_on_restart:
+                self._requeue(job, "the server stopped while the job was running")
+                requeued.append(job)
+            else:
                 error = JobError("Interrupted", "the server stopped while the job was running")
                 self._finish(job, _Outcome(JobState.INTERRUPTED, error=error))
-            elif job.state is JobState.QUEUED:
-                self._queue.append(job)
+        self._queue.extend(requeued + waiting)
+        self._evict()
         self._dispatch()
+
+    def store_failed(self, failure: WriteFailure) -> None:
+        """Fail the unfinished jobs whose events or state the store could not keep.
+
+        The store calls it on the event loop. A queued job fails at once; a running one is
+        asked to stop and fails when it does, whatever it returns.
+        """
+        error = JobError("StoreError", str(failure.error))
+        for job_id in failure.job_ids:
+            job = self.jobs.get(job_id)
+            if job is None or job.finished:
+                continue
+            run = self._runs.get(job_id)
+            if run is not None:
+                run.failure = error
+                run.ctx.cancel()
+            elif job in self._queue:
+                self._queue.remove(job)
+                self._finish(job, _Outcome(JobState.FAILED, error=error))
 
     async def shutdown(self) -> None:
         """Stop accepting jobs, stop the running ones within the grace period, record them.
@@ -203,7 +240,9 @@ class Runner:
         Queued jobs stay queued in a durable store (they run at the next start) and end
         ``interrupted`` otherwise. Running jobs are asked to stop; those still running after
         the grace period are abandoned (their threads run on, unwatched) and end
-        ``interrupted`` too. Calling it again waits for the same end.
+        ``interrupted`` too, or, in a durable store and when their task is declared
+        ``retry_on_restart``, are queued again for the next start. Calling it again waits
+        for the same end.
         """
         if not self._accepting:
             await self._drained.wait()
@@ -332,7 +371,13 @@ class Runner:
         self._running_per_task[run.task.name] -= 1
         run.ctx._flush()  # log lines still pending go out before the terminal event
         self._read_progress(run)  # the final value rides on the terminal event
-        self._finish(run.job, outcome)
+        if run.failure is not None:
+            outcome = _Outcome(JobState.FAILED, error=run.failure)
+        retry = run.task.retry_on_restart and self._store.durable
+        if retry and run.stopping and outcome.state is JobState.INTERRUPTED:
+            self._requeue(run.job, "the server is stopping")
+        else:
+            self._finish(run.job, outcome)
         if self._accepting:
             self._dispatch()
         elif not self._runs:
@@ -346,6 +391,12 @@ class Runner:
         job.error = outcome.error
         job.finished_at = time.time()
         self._publish(job, outcome.state.value)
+
+    def _requeue(self, job: Job, reason: str) -> None:
+        """Put a job that was running back to ``queued``, to run from the start."""
+        job.state, job.started_at, job.progress = JobState.QUEUED, None, None
+        self._publish(job, JobState.QUEUED.value)
+        self._publish_lines(job, [f"queued again, to run from the start: {reason}"])
 
     def _publish(self, job: Job, name: str) -> None:
         event = self.log.append(name, job_id=job.id, task=job.task, payload={"job": job.snapshot()})

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Settings"]
+
+# Field types as written (annotations are strings here) to the parser of an environment value.
+_CONVERTERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,11 +44,22 @@ class Settings:
     """Characters kept of one log line; the rest is cut."""
     snapshot_jobs: int = 500
     """Finished jobs in a stream's first snapshot (active jobs are always all there)."""
+    db: str = "jobcast.db"
+    """The SQLite file jobs and events are kept in; ``:memory:`` keeps nothing across restarts."""
+    retain_events: int = 100_000
+    """Events kept in the database; older ones are pruned in the background."""
+    retain_days: float = 7.0
+    """Days a finished job is kept in the database."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if not value > 0 or value == float("inf"):  # also refuses NaN
+            if field.type == "str":
+                if not value:
+                    raise ValueError(
+                        f"{field.name} must not be empty; give a file path or ':memory:'"
+                    )
+            elif not value > 0 or value == float("inf"):  # also refuses NaN
                 raise ValueError(f"{field.name} must be positive and finite, got {value!r}")
 
     @classmethod
@@ -63,7 +77,7 @@ class Settings:
                 continue
             key = f"JOBCAST_{name.upper()}"
             if key in environ:
-                convert = int if field.type == "int" else float
+                convert = _CONVERTERS[str(field.type)]
                 try:
                     values[name] = convert(environ[key])
                 except ValueError:

@@ -35,6 +35,7 @@ class Task:
     timeout: float | None = None
     nice: int = 10  # added to a process-mode worker's CPU niceness
     duplicates: Duplicates = "allow"
+    retry_on_restart: bool = False  # run again, rather than end interrupted, after a restart
 
     def info(self) -> dict[str, Any]:
         """The task as ``GET /api/tasks`` lists it."""
@@ -101,6 +102,7 @@ class TaskRegistry:
         timeout: float | None = None,
         nice: int = 10,
         duplicates: Duplicates = "allow",
+        retry_on_restart: bool = False,
     ) -> Task:
         name = name or func.__name__
         if not name.replace("-", "_").isidentifier():
@@ -134,6 +136,7 @@ class TaskRegistry:
             timeout=timeout,
             nice=nice,
             duplicates=duplicates,
+            retry_on_restart=retry_on_restart,
         )
         self._tasks[name] = task
         return task

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Recovered, Store
+from .base import Recovered, ReportsFailures, Store, WriteFailure
 from .memory import MemoryStore
+from .sqlite import SqliteStore
 
-__all__ = ["MemoryStore", "Recovered", "Store"]
+__all__ = ["MemoryStore", "Recovered", "ReportsFailures", "SqliteStore", "Store", "WriteFailure"]

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ..events import Event
+from ..exceptions import StoreError
 from ..jobs import Job
 
-__all__ = ["Recovered", "Store"]
+__all__ = ["Recovered", "ReportsFailures", "Store", "WriteFailure"]
 
 
 @dataclass(slots=True)
 class Recovered:
-    """What a store hands back when it opens: the jobs and the tail of the event log."""
+    """What a store hands back when it opens: the jobs and the tail of the event log.
+
+    ``jobs`` are oldest first, and so are ``events``, the newest stored ones. New events are
+    numbered on from the last of ``events``, or from ``next_seq`` when there are none.
+    """
 
     next_seq: int
     jobs: list[Job] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+
+
+@dataclass(slots=True, frozen=True)
+class WriteFailure:
+    """Writes a store could not make: the jobs they were about, and why."""
+
+    job_ids: frozenset[str]
+    error: StoreError
 
 
 class Store(Protocol):
@@ -32,7 +46,10 @@ class Store(Protocol):
     durable: bool
 
     async def open(self) -> Recovered:
-        """Open the store and return what it holds."""
+        """Open the store and return what it holds.
+
+        Raises :class:`~jobcast.exceptions.StoreError` when the store cannot be used.
+        """
         ...
 
     def record(self, event: Event, job: Job) -> None:
@@ -45,4 +62,16 @@ class Store(Protocol):
 
     async def aclose(self) -> None:
         """Flush what is pending and close."""
+        ...
+
+
+@runtime_checkable
+class ReportsFailures(Protocol):
+    """A store whose writes can fail after :meth:`Store.record` returned, such as on a full disk.
+
+    The app hands it the runner's callback, which fails the jobs whose events were lost.
+    """
+
+    def on_failure(self, callback: Callable[[WriteFailure], None]) -> None:
+        """Have ``callback`` called on the event loop whenever a write fails."""
         ...
