@@ -45,6 +45,7 @@ async def test_the_recipe_endpoints_stay_true_while_any_overlapping_run_goes_on(
         ("heavy", {"seconds": 600}),
         ("fail", {"steps": 10, "step_seconds": 60}),
         ("ticker", {"count": 10, "rate": 0.01}),
+        ("crunch", {"seconds": 600}),
     ],
 )
 async def test_every_demo_task_honours_cancel(
@@ -96,3 +97,11 @@ async def test_demo_params_are_bounded(demo: httpx.AsyncClient) -> None:
     ]:
         response = await demo.post(f"/api/tasks/{task}/jobs", json=params)
         assert response.status_code == 422, (task, response.text)
+
+
+async def test_crunch_runs_in_a_worker_process(demo: httpx.AsyncClient) -> None:
+    created = (await demo.post("/api/tasks/crunch/jobs", json={"seconds": 0.2})).json()
+    job = await wait_job(jobs, created["id"], seconds=20)
+    assert job.state is JobState.SUCCEEDED, job.error
+    assert job.result["rounds"] > 0
+    assert jobs.tasks.get("crunch").mode == "process"

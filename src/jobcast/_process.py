@@ -46,6 +46,8 @@ async def run_in_process(
     :class:`~jobcast.JobCancelled` when the task stopped on cancel, and
     :class:`~jobcast.TaskError` when it raised or its process died.
     """
+    if ctx.cancelled:  # cancelled between dispatch and now: start nothing
+        raise JobCancelled(ctx.job_id)
     receiver, sender = _SPAWN.Pipe(duplex=False)
     process = _SPAWN.Process(
         target=_worker,

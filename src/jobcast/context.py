@@ -36,6 +36,7 @@ class JobContext:
     """
 
     __slots__ = (
+        "_bar",
         "_cancel",
         "_cancel_hooks",
         "_flush_scheduled",
@@ -69,6 +70,7 @@ class JobContext:
         self._stop = False  # read on every tracked item: a plain attribute is the cheapest check
         self._cancel = threading.Event()  # what ctx.sleep() waits on
         self._cancel_hooks: list[Callable[[], None]] = []
+        self._bar: Any = None  # a tqdm bar created in this job, read in place of the numbers
         self._pending: deque[str] = deque()
         self._flush_scheduled = False
         self._loop = loop
@@ -85,6 +87,21 @@ class JobContext:
             self.total = total
         if message is not None:
             self.message = message
+
+    def reading(self) -> tuple[float, float | None, str | None]:
+        """The progress now: ``(current, total, message)``, from a watched tqdm bar if any."""
+        bar = self._bar
+        if bar is None:
+            return self.current, self.total, self.message
+        return bar.n, bar.total, bar.desc or self.message
+
+    def watch(self, bar: Any) -> None:
+        """Report a tqdm bar's progress as the job's (tqdm bars made in a job call this).
+
+        The outermost open bar wins: inner bars that come and go do not replace it.
+        """
+        if self._bar is None or getattr(self._bar, "disable", False):
+            self._bar = bar
 
     def advance(self, n: float = 1) -> None:
         """Add ``n`` to the current progress (``tqdm.update(n)``)."""
@@ -164,5 +181,11 @@ class JobContext:
                 hook()
 
     def on_cancel(self, hook: Callable[[], None]) -> None:
-        """Call ``hook`` when the job is cancelled (executors use it to signal a process)."""
-        self._cancel_hooks.append(hook)
+        """Call ``hook`` when the job is cancelled (executors use it to signal a process).
+
+        If the job is already cancelled, ``hook`` is called at once.
+        """
+        if self._stop:
+            hook()
+        else:
+            self._cancel_hooks.append(hook)

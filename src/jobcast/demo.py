@@ -85,6 +85,27 @@ def ticker(
     return {"ticks": count, "seconds": round(time.monotonic() - start, 3)}
 
 
+@jobs.task(mode="process")
+def crunch(
+    ctx: JobContext,
+    seconds: Annotated[float, Field(gt=0, le=3600, description="CPU time to burn")] = 10.0,
+) -> dict[str, Any]:
+    """CPU-bound work in a worker process at lower priority: the API stays fast meanwhile.
+
+    The same loop in a thread would hold the GIL and slow every request.
+    """
+    ctx.progress(0, seconds, "crunching")
+    start = time.monotonic()
+    rounds = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        sum(i * i for i in range(10_000))
+        rounds += 1
+        ctx.progress(round(elapsed, 2), seconds)
+        ctx.raise_if_cancelled()
+    ctx.progress(seconds, seconds, "done")
+    return {"rounds": rounds, "seconds": seconds}
+
+
 recipe = APIRouter(tags=["recipe"])
 
 
