@@ -183,7 +183,7 @@ def test_append_after_close_raises() -> None:
 )
 def test_constructor_names_the_bad_parameter(kwargs: dict[str, int], name: str) -> None:
     with pytest.raises(ValueError, match=name):
-        EventLog(**kwargs)
+        EventLog(maxlen=kwargs.get("maxlen", 10), next_seq=kwargs.get("next_seq", 1))
 
 
 # -- frames ----------------------------------------------------------------------------------
@@ -334,3 +334,22 @@ async def test_wait_keeps_working_after_many_wake_ups() -> None:
         await wake_after(log, "poke")
 
     assert log.last_seq == 3
+
+
+@pytest.mark.anyio
+async def test_a_holding_log_shows_events_only_once_stored() -> None:
+    log = EventLog(maxlen=100, next_seq=1, hold_until_stored=True)
+    first = add(log)
+    second = add(log)
+    assert log.last_seq == 2 and log.visible_seq == 0
+    assert log.read(0, 10) == []
+    with anyio.move_on_after(0.05) as waited:
+        await log.wait(0)
+    assert waited.cancelled_caught  # nothing to show yet: the cursor stays parked
+    log.stored(first.seq)
+    assert log.read(0, 10) == [first]
+    with anyio.fail_after(1):
+        await log.wait(0)
+    log.stored(99)  # never past what was appended
+    assert log.visible_seq == second.seq
+    assert log.read(first.seq, 10) == [second]

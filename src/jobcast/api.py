@@ -140,7 +140,7 @@ def build_router(tasks: list[Task], runner: Callable[[], Runner]) -> APIRouter:
     async def healthz() -> dict[str, Any]:
         """Liveness: answers as long as the service is up."""
         current = runner()
-        return {"status": "ok", "last_event_id": current.log.last_seq}
+        return {"status": "ok", "last_event_id": current.log.visible_seq}
 
     @router.get("/api/tasks", response_model=list[TaskOut], tags=["tasks"])
     async def list_tasks() -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from .eventlog import EventLog
 from .exceptions import NotAccepting
 from .runner import Runner
 from .settings import Settings
-from .store import MemoryStore, ReportsFailures, SqliteStore, Store
+from .store import MemoryStore, ReportsWrites, SqliteStore, Store
 from .stream import wait_for_exit_signal
 from .tasks import Duplicates, Mode, TaskRegistry
 
@@ -143,14 +143,18 @@ class JobCast:
         store = self._store or _default_store(settings)
         recovered = await store.open()
         events = recovered.events
+        reports = isinstance(store, ReportsWrites)
         log = EventLog(
-            maxlen=settings.event_buffer, next_seq=events[0].seq if events else recovered.next_seq
+            maxlen=settings.event_buffer,
+            next_seq=events[0].seq if events else recovered.next_seq,
+            hold_until_stored=reports,
         )
         log.extend(events)
         try:
             async with anyio.create_task_group() as task_group:
                 runner = Runner(self.tasks, log, store, settings, task_group)
-                if isinstance(store, ReportsFailures):
+                if isinstance(store, ReportsWrites):
+                    store.on_stored(log.stored)
                     store.on_failure(runner.store_failed)
                 runner.restore(recovered.jobs)
                 task_group.start_soon(_keepalive, log, settings.keepalive_interval)

@@ -35,7 +35,9 @@ class EventLog:
     chunks so appends stay O(1) amortised and reads are plain list slices.
     """
 
-    def __init__(self, *, maxlen: int = 10_000, next_seq: int = 1) -> None:
+    def __init__(
+        self, *, maxlen: int = 10_000, next_seq: int = 1, hold_until_stored: bool = False
+    ) -> None:
         if maxlen < 1:
             raise ValueError(f"maxlen must be at least 1, got {maxlen!r}")
         if next_seq < 1:
@@ -44,6 +46,10 @@ class EventLog:
         self._events: list[Event] = []
         self._offset = next_seq  # the sequence number of self._events[0]
         self._next_seq = next_seq
+        # With a durable store, an event reaches streams only once stored: an id a client has
+        # seen must never be handed out again after a crash, so nothing unstored is shown.
+        self._hold = hold_until_stored
+        self._visible = next_seq - 1
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
         self.subscribers = 0  # open streams, for health and tests
@@ -72,6 +78,14 @@ class EventLog:
                 self._events.clear()
                 self._offset = event.seq
             self._push(event)
+            self._visible = event.seq  # recovered: stored already
+
+    def stored(self, seq: int) -> None:
+        """The store has kept every event up to ``seq``: show them to the streams."""
+        seq = min(seq, self.last_seq)
+        if seq > self._visible:
+            self._visible = seq
+            self._wake()
 
     def _push(self, event: Event) -> None:
         self._events.append(event)
@@ -80,7 +94,9 @@ class EventLog:
         if excess >= max(64, self.maxlen // 8):
             del self._events[:excess]
             self._offset += excess
-        self._wake()
+        if not self._hold:
+            self._visible = event.seq
+            self._wake()
 
     def _wake(self) -> None:
         # Each parked cursor has its own future in a list that is swapped out whole: the next
@@ -100,6 +116,11 @@ class EventLog:
         return self._next_seq - 1
 
     @property
+    def visible_seq(self) -> int:
+        """The newest sequence number streams may send (stored, when the log holds events)."""
+        return self._visible
+
+    @property
     def first_seq(self) -> int:
         """The oldest retained sequence number (``last_seq + 1`` when nothing is retained)."""
         return self._offset if self._events else self._next_seq
@@ -109,7 +130,7 @@ class EventLog:
         return self._closed
 
     def read(self, position: int, limit: int) -> list[Event]:
-        """Up to ``limit`` events with ``seq > position``, oldest first.
+        """Up to ``limit`` visible events with ``seq > position``, oldest first.
 
         Raises :class:`Gap` when ``position`` is older than what is retained, or newer than
         anything handed out (a position from another log, such as before a restart of a log
@@ -118,7 +139,8 @@ class EventLog:
         if position > self.last_seq or position < self.first_seq - 1:
             raise Gap(position, self.first_seq)
         start = position + 1 - self._offset
-        return self._events[start : start + limit]
+        end = min(start + limit, self._visible + 1 - self._offset)
+        return self._events[start:end]
 
     def iter_after(self, position: int) -> list[Event]:
         """Every retained event with ``seq > position`` (no gap check)."""
@@ -126,8 +148,8 @@ class EventLog:
         return self._events[start:]
 
     async def wait(self, position: int) -> None:
-        """Return once the log has events after ``position``, or is poked, or is closed."""
-        if self._closed or self.last_seq > position:
+        """Return once there are visible events after ``position``, or a poke, or the end."""
+        if self._closed or self._visible > position:
             return
         if len(self._waiters) > 2 * self.subscribers + 64:  # clients left while all was quiet
             self._waiters = [waiter for waiter in self._waiters if not waiter.done()]

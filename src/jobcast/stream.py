@@ -102,6 +102,10 @@ async def _follow(
     try:
         pending = first
         while True:
+            if position > log.visible_seq and not log.closed:
+                # A snapshot stands at the newest event, which the store has not kept yet.
+                await log.wait(log.visible_seq)
+                continue
             try:
                 batch = log.read(position, READ_LIMIT)
             except Gap:
@@ -123,10 +127,10 @@ async def _follow(
                 pending = b""
             if done(position) or log.closed:
                 return
-            if position < log.last_seq:
+            if position < log.visible_seq:
                 continue
             await log.wait(position)
-            if log.last_seq == position and not log.closed:
+            if log.visible_seq == position and not log.closed:
                 pending = KEEPALIVE  # woken with nothing new: the keepalive timer
     finally:
         log.subscribers -= 1

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Recovered, ReportsFailures, Store, WriteFailure
+from .base import Recovered, ReportsWrites, Store, WriteFailure
 from .memory import MemoryStore
 from .sqlite import SqliteStore
 
-__all__ = ["MemoryStore", "Recovered", "ReportsFailures", "SqliteStore", "Store", "WriteFailure"]
+__all__ = ["MemoryStore", "Recovered", "ReportsWrites", "SqliteStore", "Store", "WriteFailure"]

@@ -10,7 +10,7 @@ from ..events import Event
 from ..exceptions import StoreError
 from ..jobs import Job
 
-__all__ = ["Recovered", "ReportsFailures", "Store", "WriteFailure"]
+__all__ = ["Recovered", "ReportsWrites", "Store", "WriteFailure"]
 
 
 @dataclass(slots=True)
@@ -66,11 +66,18 @@ class Store(Protocol):
 
 
 @runtime_checkable
-class ReportsFailures(Protocol):
-    """A store whose writes can fail after :meth:`Store.record` returned, such as on a full disk.
+class ReportsWrites(Protocol):
+    """A store that writes after :meth:`Store.record` returned, and says how it went.
 
-    The app hands it the runner's callback, which fails the jobs whose events were lost.
+    The app holds events back from the streams until the store reports them stored (so an id
+    a client saw is never handed out again after a crash), and fails the jobs whose events a
+    write lost, such as on a full disk.
     """
+
+    def on_stored(self, callback: Callable[[int], None]) -> None:
+        """Have ``callback(seq)`` called on the event loop once every event up to ``seq`` has
+        been written, or its failure reported."""
+        ...
 
     def on_failure(self, callback: Callable[[WriteFailure], None]) -> None:
         """Have ``callback`` called on the event loop whenever a write fails."""

@@ -188,6 +188,7 @@ class SqliteStore:
         self._lock_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_failure: Callable[[WriteFailure], None] | None = None
+        self._on_stored: Callable[[int], None] | None = None
         self._failing_since: float | None = None  # when writes started failing, for the log
         self._logged_at = 0.0
 
@@ -216,6 +217,10 @@ class SqliteStore:
         )
         self._writer.start()
         return recovered
+
+    def on_stored(self, callback: Callable[[int], None]) -> None:
+        """Have ``callback(seq)`` called on the event loop after each batch of events."""
+        self._on_stored = callback
 
     def on_failure(self, callback: Callable[[WriteFailure], None]) -> None:
         """Have ``callback`` called on the event loop with the jobs of every failed write."""
@@ -492,13 +497,25 @@ class SqliteStore:
         except Exception as exc:
             _rollback(conn)
             self._report(exc, jobs)
+            # Lost, and reported: the live streams still get these events.
+            self._acknowledge(events)
             return
+        self._acknowledge(events)
         self.batches += 1
         if events:
             self.committed_seq = events[-1][0]
         if self._failing_since is not None:
             logger.warning("%s: writes succeed again", self.path)
             self._failing_since = None
+
+    def _acknowledge(self, events: list[tuple[int, float, str, str, str, bytes]]) -> None:
+        callback, loop = self._on_stored, self._loop
+        if not events or callback is None or loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(callback, events[-1][0])
+        except RuntimeError:  # the loop has closed: nobody is left to tell
+            pass
 
     def _prune(self, conn: sqlite3.Connection) -> None:
         cutoff = time.time() - self.retain_days * _DAY
