@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Annotated, Any
 
@@ -37,6 +38,26 @@ def make_jobs(**options: Any) -> JobCast:
     jobs.task(mode="process")(crunch)
     jobs.task(mode="process")(deaf)
     jobs.task(mode="process")(suicide)
+    jobs.task(bars)
+    jobs.task(name="deaf_with_timeout", mode="process", timeout=0.5)(deaf)
+    jobs.command(
+        "batch",
+        [
+            sys.executable,
+            "-m",
+            "jobcast.demo_batch",
+            "--items",
+            "{items}",
+            "--delay",
+            "0",
+            "--fail-at",
+            "{fail_at}",
+        ],
+        params={"items": (int, 10), "fail_at": (int, 0)},
+    )
+    jobs.command("hang", [sys.executable, "-c", "import time; time.sleep(600)"], timeout=0.3)
+    jobs.command("wait", [sys.executable, "-c", "import time; print('waiting'); time.sleep(600)"])
+    jobs.task(name="bars_in_process", mode="process")(bars)
 
     @jobs.task
     def hold(ctx: JobContext, name: str, steps: int = 0) -> dict[str, Any]:
@@ -159,6 +180,23 @@ def suicide(ctx: JobContext) -> None:
 
     ctx.progress(1, 2, "about to die")
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def bars(ctx: JobContext, n: int = 50, hold: str = "") -> int:
+    """Use plain tqdm, unaware of jobcast: an outer bar and short inner ones."""
+    import io
+
+    from tqdm import tqdm
+
+    done = 0
+    for _ in tqdm(range(n), desc="outer", file=io.StringIO()):
+        for _ in tqdm(range(3), desc="inner", file=io.StringIO(), leave=False):
+            done += 1
+    if hold:
+        released = gate(hold)
+        while not released.wait(0.01):
+            ctx.raise_if_cancelled()
+    return done
 
 
 #: What ``jobcast serve tests.apps:served`` runs in the tests that need a real process.

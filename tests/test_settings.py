@@ -19,6 +19,7 @@ def test_defaults() -> None:
         "keepalive_interval": 15.0,
         "retry_ms": 2000,
         "grace_period": 5.0,
+        "kill_grace": 3.0,
         "event_buffer": 10_000,
         "max_body_bytes": 1 << 20,
         "max_log_line": 4096,

@@ -62,7 +62,7 @@ async def test_cancelling_the_awaiting_task_abandons_the_thread(
         await run_in_daemon_thread(stubborn, name="job-stubborn")
         finished = True
 
-    caplog.set_level(logging.WARNING, logger="jobcast")
+    caplog.set_level(logging.DEBUG, logger="jobcast")
     try:
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:

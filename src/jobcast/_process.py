@@ -20,6 +20,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from . import _tqdm
 from ._threads import run_in_daemon_thread
 from .context import JobContext
 from .exceptions import JobCancelled, TaskError
@@ -143,7 +144,7 @@ class _Reporter(threading.Thread):
         ctx = self.ctx
         assert ctx is not None
         ctx._flush()
-        reading = (ctx.current, ctx.total, ctx.message)
+        reading = ctx.reading()
         if reading != self._reading:
             self._reading = reading
             self.sender.send(("progress", *reading))
@@ -171,9 +172,11 @@ def _worker(
     reporter.ctx = ctx
     signal.signal(signal.SIGTERM, lambda signum, frame: ctx.cancel())
     reporter.start()
+    _tqdm.install()
     final: Message
     try:
-        final = ("result", func(ctx, **params))
+        with _tqdm.bound(ctx):
+            final = ("result", func(ctx, **params))
     except JobCancelled:
         final = ("cancelled",)
     except BaseException as exc:

@@ -32,7 +32,7 @@ async def run_in_daemon_thread(func: Callable[[], T], *, name: str) -> T:
 
     def settle(outcome: T | BaseException, failed: bool) -> None:
         if future.done():  # the awaiting task was cancelled and let the thread go
-            logger.warning("thread %s finished after it was abandoned", name)
+            logger.debug("thread %s finished after it was abandoned", name)
         elif failed:
             assert isinstance(outcome, BaseException)
             future.set_exception(outcome)
@@ -48,7 +48,7 @@ async def run_in_daemon_thread(func: Callable[[], T], *, name: str) -> T:
         try:
             loop.call_soon_threadsafe(settle, outcome, failed)
         except RuntimeError:  # the loop has closed: the server stopped without it
-            logger.warning("thread %s finished after the server stopped", name)
+            logger.debug("thread %s finished after the server stopped", name)
 
     threading.Thread(target=target, name=name, daemon=True).start()
     return await future

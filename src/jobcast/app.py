@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -118,6 +118,44 @@ class JobCast:
             return func
 
         return register if func is None else register(func)
+
+    def command(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        params: Mapping[str, Any] | None = None,
+        description: str = "",
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        success_codes: Collection[int] = (0,),
+        max_concurrency: int | None = None,
+        timeout: float | None = None,
+        duplicates: Duplicates = "allow",
+        retry_on_restart: bool = False,
+    ) -> None:
+        """Register an existing program as a task.
+
+        ``argv`` is a list, never a shell string; ``{param}`` placeholders in its items are
+        filled with the validated params, each value inside its own item. ``params`` maps each
+        param to a type, or to a ``(type, default)`` pair (``Annotated`` types may carry
+        pydantic ``Field`` bounds and patterns). The program's output lines become ``log``
+        events, and ``NN%``, ``n/total`` or a tqdm bar in them its progress; the exit code
+        decides success, and a failure carries the last lines of stderr.
+        """
+        self.tasks.register_command(
+            name,
+            argv,
+            params=params or {},
+            description=description,
+            cwd=cwd,
+            env=env,
+            success_codes=success_codes,
+            max_concurrency=max_concurrency,
+            timeout=timeout,
+            duplicates=duplicates,
+            retry_on_restart=retry_on_restart,
+        )
 
     @property
     def runner(self) -> Runner:

@@ -6,6 +6,7 @@ real jobs, so a client written for the recipe still works, and stays right when 
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Annotated, Any
 
@@ -104,6 +105,28 @@ def crunch(
         ctx.raise_if_cancelled()
     ctx.progress(seconds, seconds, "done")
     return {"rounds": rounds, "seconds": seconds}
+
+
+jobs.command(
+    "batch",
+    [
+        sys.executable,
+        "-m",
+        "jobcast.demo_batch",
+        "--items",
+        "{items}",
+        "--delay",
+        "{delay}",
+        "--fail-at",
+        "{fail_at}",
+    ],
+    params={
+        "items": (Annotated[int, Field(ge=1, le=100_000, description="items to process")], 20),
+        "delay": (Annotated[float, Field(ge=0, le=60, description="seconds per item")], 0.2),
+        "fail_at": (Annotated[int, Field(ge=0, description="fail at this item; 0: never")], 0),
+    },
+    description="An existing batch script, run as a command: its output is the job's log.",
+)
 
 
 recipe = APIRouter(tags=["recipe"])

@@ -12,6 +12,7 @@ import functools
 import itertools
 import json
 import logging
+import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -20,8 +21,10 @@ from typing import Any, NamedTuple
 import anyio
 from anyio.abc import TaskGroup
 
+from . import _tqdm
 from ._process import run_in_process
 from ._threads import run_in_daemon_thread
+from .commands import build_argv, run_command
 from .context import JobContext
 from .eventlog import EventLog
 from .exceptions import (
@@ -42,9 +45,6 @@ __all__ = ["Runner", "Submitted"]
 logger = logging.getLogger("jobcast")
 
 Reading = tuple[float, float | None, str | None]
-
-#: Seconds a worker process gets between SIGTERM and SIGKILL when its job is cancelled.
-KILL_GRACE = 3.0
 
 
 @dataclass(slots=True, eq=False)
@@ -92,6 +92,7 @@ class Runner:
         self._store = store
         self._task_group = task_group
         self._loop = asyncio.get_running_loop()
+        _tqdm.install()  # tqdm bars made inside jobs report their progress
         self.jobs: dict[str, Job] = {}  # in creation order
         self._queue: deque[Job] = deque()
         self._runs: dict[str, _Run] = {}
@@ -332,16 +333,33 @@ class Runner:
         return _Outcome(JobState.SUCCEEDED, result=result)
 
     async def _call(self, task: Task, ctx: JobContext, params: dict[str, Any]) -> Any:
+        kill_grace = self.settings.kill_grace
+        if task.command is not None:
+            command = task.command
+            return await run_command(
+                build_argv(command.argv, params),
+                ctx,
+                kill_grace=kill_grace,
+                cwd=command.cwd,
+                # Python programs buffer a pipe's output; their lines should arrive live.
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **command.env},
+                success_codes=command.success_codes,
+                max_line=self.settings.max_log_line,
+            )
         if task.mode == "process":
             return await run_in_process(
                 task.func,
                 ctx,
                 params,
                 nice=task.nice,
-                kill_grace=KILL_GRACE,
+                kill_grace=kill_grace,
                 interval=self.settings.progress_interval / 2,
             )
-        call = functools.partial(task.func, ctx, **params)
+
+        def call() -> Any:
+            with _tqdm.bound(ctx):
+                return task.func(ctx, **params)
+
         return await run_in_daemon_thread(call, name=f"jobcast-{task.name}-{ctx.job_id[:8]}")
 
     def _stopped(self, run: _Run) -> _Outcome:
@@ -359,7 +377,7 @@ class Runner:
     def _read_progress(self, run: _Run) -> bool:
         """Update the job's progress from its context; return whether it changed."""
         ctx = run.ctx
-        reading = (ctx.current, ctx.total, ctx.message)
+        reading = ctx.reading()
         if reading == run.reading:
             return False
         run.reading = reading

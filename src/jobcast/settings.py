@@ -36,6 +36,8 @@ class Settings:
     """Reconnection delay the streams advise to browsers (SSE ``retry:``)."""
     grace_period: float = 5.0
     """Seconds running jobs get to stop at shutdown before they are abandoned."""
+    kill_grace: float = 3.0
+    """Seconds a cancelled worker process or command gets between SIGTERM and SIGKILL."""
     event_buffer: int = 10_000
     """Events kept in memory for replay and for slow clients."""
     max_body_bytes: int = 1 << 20

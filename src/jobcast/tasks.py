@@ -1,25 +1,36 @@
-"""Tasks: the functions jobs run, and the params model taken from each one's signature."""
+"""Tasks: what jobs run (a function, or a declared command), and their params models."""
 
 from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, create_model
 
+from .commands import check_template
 from .exceptions import UnknownTask
 
-__all__ = ["Duplicates", "Mode", "Task", "TaskRegistry", "params_model"]
+__all__ = ["Command", "Duplicates", "Mode", "Task", "TaskRegistry", "params_model"]
 
 Mode = Literal["thread", "process"]
-MODES: tuple[str, ...] = typing.get_args(Mode)
+MODES: tuple[str, ...] = typing.get_args(Mode)  # what a function task may ask for
 
 #: What starting a job does when one of the same task with equal params is queued or running.
 Duplicates = Literal["allow", "reject", "join"]
 DUPLICATES: tuple[str, ...] = typing.get_args(Duplicates)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """What a command task runs: an argv template, and where and how to run it."""
+
+    argv: tuple[str, ...]
+    cwd: str | None
+    env: dict[str, str]
+    success_codes: frozenset[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +41,13 @@ class Task:
     func: Callable[..., Any]
     params_model: type[BaseModel]
     description: str = ""
-    mode: Mode = "thread"
+    mode: Literal["thread", "process", "command"] = "thread"
     max_concurrency: int | None = None
     timeout: float | None = None
     nice: int = 10  # added to a process-mode worker's CPU niceness
     duplicates: Duplicates = "allow"
     retry_on_restart: bool = False  # run again, rather than end interrupted, after a restart
+    command: Command | None = None
 
     def info(self) -> dict[str, Any]:
         """The task as ``GET /api/tasks`` lists it."""
@@ -75,9 +87,17 @@ def params_model(func: Callable[..., Any], name: str) -> type[BaseModel]:
         annotation = hints.get(parameter.name, Any)
         default = ... if parameter.default is parameter.empty else parameter.default
         fields[parameter.name] = (annotation, default)
+    return _model(name, fields)
+
+
+def _model(name: str, fields: dict[str, Any]) -> type[BaseModel]:
     title = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Params"
     model: type[BaseModel] = create_model(title, __config__=ConfigDict(extra="forbid"), **fields)
     return model
+
+
+def _never_called(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("a command task runs its program, not a function")
 
 
 def _describe(func: Callable[..., Any]) -> str:
@@ -98,25 +118,13 @@ class TaskRegistry:
         name: str | None = None,
         description: str | None = None,
         mode: Mode = "thread",
-        max_concurrency: int | None = None,
-        timeout: float | None = None,
         nice: int = 10,
-        duplicates: Duplicates = "allow",
-        retry_on_restart: bool = False,
+        **options: Any,
     ) -> Task:
+        """Register a function; ``options`` are the :class:`Task` fields all tasks share."""
         name = name or func.__name__
-        if not name.replace("-", "_").isidentifier():
-            raise ValueError(f"name must be letters, digits, '_' or '-', got {name!r}")
-        if name in self._tasks:
-            raise ValueError(f"name {name!r} is already registered")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
-        if duplicates not in DUPLICATES:
-            raise ValueError(f"duplicates must be one of {DUPLICATES}, got {duplicates!r}")
         if not 0 <= nice <= 19:
             raise ValueError(f"nice must be between 0 and 19, got {nice!r}")
         if mode == "process" and "<locals>" in getattr(func, "__qualname__", "<locals>"):
@@ -126,19 +134,68 @@ class TaskRegistry:
             )
         if inspect.iscoroutinefunction(func):
             raise TypeError(f"task {name!r} must be a plain function, not a coroutine function")
+        self._check_name(name)
         task = Task(
             name=name,
             func=func,
             params_model=params_model(func, name),
             description=_describe(func) if description is None else description,
             mode=mode,
-            max_concurrency=max_concurrency,
-            timeout=timeout,
             nice=nice,
-            duplicates=duplicates,
-            retry_on_restart=retry_on_restart,
+            **options,
         )
-        self._tasks[name] = task
+        return self._add(task)
+
+    def register_command(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        params: Mapping[str, Any],
+        description: str = "",
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        success_codes: Collection[int] = (0,),
+        **options: Any,
+    ) -> Task:
+        """Register a command task: ``argv`` with ``{param}`` placeholders, never a shell.
+
+        ``params`` maps each param to a type (required) or a ``(type, default)`` pair; types
+        may be ``Annotated`` with pydantic ``Field`` bounds or patterns.
+        """
+        self._check_name(name)
+        check_template(argv, list(params))
+        fields = {
+            key: spec if isinstance(spec, tuple) else (spec, ...) for key, spec in params.items()
+        }
+        command = Command(
+            tuple(argv), cwd, dict(env or {}), frozenset(success_codes) or frozenset({0})
+        )
+        task = Task(
+            name=name,
+            func=_never_called,
+            params_model=_model(name, fields),
+            description=description,
+            mode="command",
+            command=command,
+            **options,
+        )
+        return self._add(task)
+
+    def _check_name(self, name: str) -> None:
+        if not name.replace("-", "_").isidentifier():
+            raise ValueError(f"name must be letters, digits, '_' or '-', got {name!r}")
+        if name in self._tasks:
+            raise ValueError(f"name {name!r} is already registered")
+
+    def _add(self, task: Task) -> Task:
+        if task.max_concurrency is not None and task.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {task.max_concurrency!r}")
+        if task.timeout is not None and not task.timeout > 0:
+            raise ValueError(f"timeout must be positive seconds, got {task.timeout!r}")
+        if task.duplicates not in DUPLICATES:
+            raise ValueError(f"duplicates must be one of {DUPLICATES}, got {task.duplicates!r}")
+        self._tasks[task.name] = task
         return task
 
     def get(self, name: str) -> Task:

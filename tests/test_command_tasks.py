@@ -1,0 +1,77 @@
+"""Command tasks and timeouts in every mode, through the API, on real child programs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from jobcast import JobState
+from tests.conftest import wait_job
+
+pytestmark = pytest.mark.anyio
+
+Start = Callable[..., Any]
+
+
+def lines_of(jobs: Any, job_id: str) -> list[bytes]:
+    return [
+        event.frame
+        for event in jobs.runner.log.iter_after(0)
+        if event.name == "log" and event.job_id == job_id
+    ]
+
+
+async def test_a_command_logs_its_output_and_reads_its_progress(api: Start) -> None:
+    jobs, client = await api()
+    created = (await client.post("/api/tasks/batch/jobs", json={"items": 8})).json()
+    job = await wait_job(jobs, created["id"], seconds=20)
+    assert job.state is JobState.SUCCEEDED, job.error
+    assert job.result == {"exit_code": 0}
+    assert job.progress is not None and (job.progress.current, job.progress.total) == (8, 8)
+    lines = lines_of(jobs, job.id)
+    assert len(lines) == 9  # eight items, and one warning on stderr
+    # stdout and stderr are two pipes: their lines interleave in any order.
+    assert any(b"processed item 8 8/8" in line for line in lines)
+    assert any(b"item 7: retried once" in line for line in lines)
+
+
+async def test_a_failing_command_fails_with_its_exit_code_and_last_stderr_lines(
+    api: Start,
+) -> None:
+    jobs, client = await api()
+    body = {"items": 8, "fail_at": 3}
+    created = (await client.post("/api/tasks/batch/jobs", json=body)).json()
+    job = await wait_job(jobs, created["id"], seconds=20)
+    assert job.state is JobState.FAILED
+    assert job.error is not None and job.error.type == "CommandFailed"
+    assert "code 2" in job.error.message
+    assert "checksum mismatch" in job.error.message
+
+
+async def test_command_params_are_validated_before_anything_runs(api: Start) -> None:
+    jobs, client = await api()
+    response = await client.post("/api/tasks/batch/jobs", json={"items": "1; rm -rf /"})
+    assert response.status_code == 422
+    assert jobs.runner.jobs == {}
+
+
+async def test_cancel_stops_a_command(api: Start) -> None:
+    jobs, client = await api()
+    created = (await client.post("/api/tasks/wait/jobs", json={})).json()
+    await wait_job(jobs, created["id"], lambda job: bool(lines_of(jobs, job.id)), seconds=20)
+    await client.post(f"/api/jobs/{created['id']}/cancel")
+    assert (await wait_job(jobs, created["id"], seconds=10)).state is JobState.CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("task", "limit"), [("slow", "0.2 s"), ("hang", "0.3 s"), ("deaf_with_timeout", "0.5 s")]
+)
+async def test_a_timeout_fails_the_job_in_every_mode(api: Start, task: str, limit: str) -> None:
+    jobs, client = await api()
+    created = (await client.post(f"/api/tasks/{task}/jobs", json={})).json()
+    job = await wait_job(jobs, created["id"], seconds=20)
+    assert job.state is JobState.FAILED
+    assert job.error is not None and job.error.type == "TimeoutError"
+    assert limit in job.error.message
