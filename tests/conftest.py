@@ -134,6 +134,15 @@ async def wait_job(
     return job
 
 
+def log_lines(jobs: JobCast, job_id: str) -> list[bytes]:
+    """The SSE frames of a job's log lines still in the event log, oldest first."""
+    return [
+        event.frame
+        for event in jobs.runner.log.iter_after(0)
+        if event.name == "log" and event.job_id == job_id
+    ]
+
+
 def wait_until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
     """Poll ``predicate`` until it holds; fail after ``seconds``.
 

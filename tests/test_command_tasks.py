@@ -8,19 +8,11 @@ from typing import Any
 import pytest
 
 from jobcast import JobState
-from tests.conftest import wait_job
+from tests.conftest import log_lines, wait_job
 
 pytestmark = pytest.mark.anyio
 
 Start = Callable[..., Any]
-
-
-def lines_of(jobs: Any, job_id: str) -> list[bytes]:
-    return [
-        event.frame
-        for event in jobs.runner.log.iter_after(0)
-        if event.name == "log" and event.job_id == job_id
-    ]
 
 
 async def test_a_command_logs_its_output_and_reads_its_progress(api: Start) -> None:
@@ -30,7 +22,7 @@ async def test_a_command_logs_its_output_and_reads_its_progress(api: Start) -> N
     assert job.state is JobState.SUCCEEDED, job.error
     assert job.result == {"exit_code": 0}
     assert job.progress is not None and (job.progress.current, job.progress.total) == (8, 8)
-    lines = lines_of(jobs, job.id)
+    lines = log_lines(jobs, job.id)
     assert len(lines) == 9  # eight items, and one warning on stderr
     # stdout and stderr are two pipes: their lines interleave in any order.
     assert any(b"processed item 8 8/8" in line for line in lines)
@@ -60,7 +52,7 @@ async def test_command_params_are_validated_before_anything_runs(api: Start) -> 
 async def test_cancel_stops_a_command(api: Start) -> None:
     jobs, client = await api()
     created = (await client.post("/api/tasks/wait/jobs", json={})).json()
-    await wait_job(jobs, created["id"], lambda job: bool(lines_of(jobs, job.id)), seconds=20)
+    await wait_job(jobs, created["id"], lambda job: bool(log_lines(jobs, job.id)), seconds=20)
     await client.post(f"/api/jobs/{created['id']}/cancel")
     assert (await wait_job(jobs, created["id"], seconds=10)).state is JobState.CANCELLED
 

@@ -8,19 +8,11 @@ from typing import Any
 import pytest
 
 from jobcast import JobState
-from tests.conftest import wait_job
+from tests.conftest import log_lines, wait_job
 
 pytestmark = pytest.mark.anyio
 
 Start = Callable[..., Any]
-
-
-def log_lines(jobs: Any, job_id: str) -> list[bytes]:
-    return [
-        event.frame
-        for event in jobs.runner.log.iter_after(0)
-        if event.name == "log" and event.job_id == job_id
-    ]
 
 
 async def test_a_process_task_reports_progress_logs_and_result_at_lower_priority(
