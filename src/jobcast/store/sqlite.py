@@ -9,9 +9,10 @@ themselves. The same thread prunes old events and finished jobs every few second
 Durability is WAL with ``synchronous=NORMAL``: a committed batch survives the process being
 killed (``kill -9``); a power cut may lose the last commits, never the file's consistency.
 What is still in the queue when the process is killed is lost: at most the last few
-milliseconds of events. Their ids were already sent to live clients and are handed out again
-after the restart, so a client that saw one of them resumes a few events off; a clean stop
-(SIGTERM, Ctrl+C) flushes the queue and loses nothing.
+milliseconds of events. No client has seen them: the writer reports each batch it wrote
+(:meth:`SqliteStore.on_stored`) and the event log shows streams only what was reported, so
+the ids handed out again after the restart are new to everyone. A clean stop (SIGTERM,
+Ctrl+C) flushes the queue and loses nothing.
 
 Replay after a restart reaches back as far as the in-memory event log (``event_buffer``): the
 database keeps more (``retain_events``) for history, and a client resuming from an older id
