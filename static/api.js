@@ -57,10 +57,18 @@ async function readBody(response) {
   }
 }
 
-/** EventSource cannot send headers, so the stream takes the token as a query parameter. */
+/** Whether the page has a token to send. */
+export function hasToken() {
+  return Boolean(sessionToken);
+}
+
+/**
+ * The URL of a stream. EventSource cannot send headers; when the server protects reads, it
+ * answers a request that sends the token with an HttpOnly cookie, which the EventSource then
+ * carries. So the token never goes into a URL, where access logs and history would keep it.
+ */
 export function streamUrl(path, lastEventId) {
   const url = new URL(path, window.location.origin);
-  if (sessionToken) url.searchParams.set('token', sessionToken);
   if (lastEventId) url.searchParams.set('last_event_id', String(lastEventId));
   return url.pathname + url.search;
 }

@@ -1,6 +1,6 @@
 // The jobcast dashboard: live job table, start forms and logs over one SSE stream.
 
-import { auth, detailText, request, setToken, streamUrl } from './api.js';
+import { auth, detailText, hasToken, request, setToken, streamUrl } from './api.js';
 import { TERMINAL_STATES, shortId } from './format.js';
 import { buildTaskForm } from './forms.js';
 import { LogBook, LogPanel } from './logs.js';
@@ -34,6 +34,13 @@ let tasksLoaded = false;
 
 function connect() {
   stream.open(streamUrl('/api/events', lastSeq));
+}
+
+async function connectWithToken() {
+  // A request that sends the token first: with reads protected, its answer sets the cookie
+  // that the EventSource carries (and a 401 raises the token prompt).
+  if (hasToken()) await request('HEAD', '/api/events');
+  connect();
 }
 
 function handleEvent(type, data, lastEventId) {
@@ -237,11 +244,11 @@ function askForToken() {
   $('#token-form').hidden = false;
 }
 
-function saveToken(event) {
+async function saveToken(event) {
   event.preventDefault();
   setToken($('#token-input').value.trim());
   $('#token-form').hidden = true;
-  connect();
+  await connectWithToken();
   if (!tasksLoaded) loadTasks();
 }
 
@@ -250,7 +257,7 @@ function saveToken(event) {
 setupFilters();
 auth.addEventListener('required', askForToken);
 $('#token-form').addEventListener('submit', saveToken);
-$('#connection-retry').addEventListener('click', connect);
+$('#connection-retry').addEventListener('click', connectWithToken);
 $('#notice-close').addEventListener('click', () => { $('#notice').hidden = true; });
 $('#jobs-body').addEventListener('click', onTableClick);
 $('#log-close').addEventListener('click', closeLogs);
@@ -259,5 +266,5 @@ $('#log-panel').addEventListener('keydown', (event) => {
 });
 setInterval(() => table.tick(serverNow()), 1000);
 updateSummary();
-connect();
+connectWithToken();
 loadTasks();

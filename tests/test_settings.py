@@ -23,10 +23,20 @@ def test_defaults() -> None:
         "event_buffer": 10_000,
         "max_body_bytes": 1 << 20,
         "max_log_line": 4096,
+        "max_log_lines": 10_000,
         "snapshot_jobs": 500,
         "db": "jobcast.db",
         "retain_events": 100_000,
         "retain_days": 7.0,
+        "token": (),
+        "protect_reads": False,
+        "cors_origins": (),
+        "max_param_depth": 32,
+        "max_param_string": 10_000,
+        "jobs_per_minute": 120,
+        "max_streams_per_client": 100,
+        "max_streams": 10_000,
+        "stream_send_timeout": 30.0,
     }
 
 

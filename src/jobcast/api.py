@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,36 +14,53 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from . import stream
+from ._limits import JobRate, ParamsProblem, StreamSlots, check_params, client_key, too_deep
 from .exceptions import (
+    CrossOrigin,
     DuplicateJob,
     JobcastError,
     JobFinished,
     NotAccepting,
     QueueFull,
+    RateLimited,
+    StreamsFull,
+    TooManyStreams,
+    Unauthorized,
     UnknownJob,
     UnknownTask,
 )
 from .jobs import JobState
 from .runner import Runner
 from .schemas import DuplicateOut, ErrorOut, JobOut, TaskOut
+from .security import Guard
+from .settings import Settings
 from .tasks import Task
 
 __all__ = ["build_router"]
 
 _STATUS: dict[type[JobcastError], int] = {
+    Unauthorized: 401,
+    CrossOrigin: 403,
     UnknownTask: 404,
     UnknownJob: 404,
     JobFinished: 409,
     DuplicateJob: 409,
     QueueFull: 429,
+    RateLimited: 429,
+    TooManyStreams: 429,
     NotAccepting: 503,
+    StreamsFull: 503,
 }
 
 
 def error_response(exc: JobcastError) -> JSONResponse:
     """The HTTP answer for a domain error: its status, and a message that says what to do."""
     status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, QueueFull) else None
+    headers: dict[str, str] = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="jobcast"'
     body: dict[str, Any] = {"detail": str(exc)}
     if isinstance(exc, DuplicateJob):
         body["job"] = exc.snapshot
@@ -54,24 +71,65 @@ class JobcastRoute(APIRoute):
     """An APIRoute that answers :class:`JobcastError` with its HTTP status.
 
     It lives on the route rather than the app so the routes behave the same when
-    ``JobCast.router`` is mounted into someone else's app.
+    ``JobCast.router`` is mounted into someone else's app. It also refuses a POST body that
+    is not JSON, or whose JSON nests too deep or holds too long a string, before FastAPI and
+    pydantic spend any work on it.
     """
+
+    max_param_depth: ClassVar[int] = 32
+    max_param_string: ClassVar[int] = 10_000
+
+    @classmethod
+    def limited(cls, settings: Settings) -> type[JobcastRoute]:
+        """This route class with the params limits of ``settings``."""
+        return type(
+            cls.__name__,
+            (cls,),
+            {
+                "max_param_depth": settings.max_param_depth,
+                "max_param_string": settings.max_param_string,
+            },
+        )
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        max_depth, max_string = self.max_param_depth, self.max_param_string
 
         async def handle(request: Request) -> Response:
-            if request.method == "POST" and not _json_or_empty(request):
-                return JSONResponse(
-                    {"detail": "send the body as JSON, with Content-Type: application/json"},
-                    status_code=415,
-                )
+            if request.method == "POST":
+                if not _json_or_empty(request):
+                    return JSONResponse(
+                        {"detail": "send the body as JSON, with Content-Type: application/json"},
+                        status_code=415,
+                    )
+                problem = await _params_problem(request, max_depth, max_string)
+                if problem is not None:
+                    error = {"type": problem.kind, "loc": ("body", *problem.loc)}
+                    raise RequestValidationError([{**error, "msg": problem.message}])
             try:
                 return await handler(request)
             except JobcastError as exc:
                 return error_response(exc)
 
         return handle
+
+
+async def _params_problem(
+    request: Request, max_depth: int, max_string: int
+) -> ParamsProblem | None:
+    if not await request.body():
+        return None
+    try:
+        # Parsed once: Starlette keeps the result, and FastAPI's handler reuses it.
+        value = await request.json()
+    except RecursionError:
+        return too_deep(max_depth)
+    except UnicodeDecodeError:
+        # FastAPI would answer a bare 400; this is a params problem like any other.
+        return ParamsProblem((), "json_invalid", "the body is not UTF-8; send JSON text in UTF-8")
+    except ValueError:
+        return None  # not JSON: FastAPI answers that with its own 422, saying where
+    return check_params(value, max_depth=max_depth, max_string=max_string)
 
 
 def _json_or_empty(request: Request) -> bool:
@@ -86,17 +144,36 @@ _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
 _START_ERRORS: dict[int | str, dict[str, Any]] = {
     200: {"model": JobOut, "description": "joined the equal job already queued or running"},
     409: {"model": DuplicateOut},
-    429: {"model": ErrorOut},
+    429: {"model": ErrorOut, "description": "the queue is full, or too many jobs from you"},
+}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorOut, "description": "a browser page of another origin sent it"},
+    413: {"model": ErrorOut, "description": "the body is larger than JOBCAST_MAX_BODY_BYTES"},
+    415: {"model": ErrorOut, "description": "the body is not JSON"},
+}
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "the access token is missing or wrong"},
+}
+_STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "the event stream"},
+    429: {"model": ErrorOut, "description": "you hold too many streams open"},
+    503: {"model": ErrorOut, "description": "the server holds too many streams open"},
 }
 
 
-def _submit(runner: Runner, task: str, params: object) -> JSONResponse:
+def _submit(
+    runner: Runner, rate: JobRate, request: Request, task: str, params: object
+) -> JSONResponse:
     """202 and the new job; 200 and the existing one when the task joins duplicates."""
+    client = client_key(request.scope)
+    rate.check(client)
     try:
         job, created = runner.submit(task, params)
     except ValidationError as exc:
         errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         raise RequestValidationError(errors) from exc
+    if created:
+        rate.spend(client)
     return JSONResponse(
         job.snapshot(),
         status_code=202 if created else 200,
@@ -105,7 +182,7 @@ def _submit(runner: Runner, task: str, params: object) -> JSONResponse:
 
 
 def _typed_endpoint(
-    task: Task, runner: Callable[[], Runner]
+    task: Task, runner: Callable[[], Runner], rate: JobRate
 ) -> Callable[..., Coroutine[Any, Any, Response]]:
     """An endpoint whose body is ``task``'s params model, so /docs shows its form.
 
@@ -114,43 +191,67 @@ def _typed_endpoint(
     """
     required = any(field.is_required() for field in task.params_model.model_fields.values())
 
-    async def start_job(params: Any = None) -> Response:
+    async def start_job(request: Request, params: Any = None) -> Response:
         values = params.model_dump() if params is not None else {}
-        return _submit(runner(), task.name, values)
+        return _submit(runner(), rate, request, task.name, values)
 
     default = Body(...) if required else Body(None)
     start_job.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
             inspect.Parameter(
+                "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request
+            ),
+            inspect.Parameter(
                 "params",
                 inspect.Parameter.POSITIONAL_OR_KEYWORD,
                 annotation=task.params_model,
                 default=default,
-            )
+            ),
         ]
     )
     return start_job
 
 
-def build_router(tasks: list[Task], runner: Callable[[], Runner]) -> APIRouter:
-    """The HTTP API of one JobCast. ``runner()`` gives the running service's runner."""
-    router = APIRouter(route_class=JobcastRoute)
+def build_router(
+    tasks: list[Task], runner: Callable[[], Runner], *, settings: Settings, streams: StreamSlots
+) -> APIRouter:
+    """The HTTP API of one JobCast. ``runner()`` gives the running service's runner.
+
+    ``streams`` counts the open streams; the caller runs its watchdog.
+    """
+    guard = Guard(settings)
+    rate = JobRate(settings.jobs_per_minute)
+    route_class = JobcastRoute.limited(settings)
+    auth = _AUTH_ERRORS if guard.enabled else {}
+    router = APIRouter(route_class=route_class)
+    # Reads and writes live on routers of their own, each carrying its part of the policy:
+    # that way it holds wherever this router is mounted.
+    reads = APIRouter(
+        route_class=route_class,
+        dependencies=guard.dependencies(write=False),
+        responses=auth if guard.protect_reads else {},
+    )
+    writes = APIRouter(
+        route_class=route_class,
+        dependencies=guard.dependencies(write=True),
+        responses={**auth, **_WRITE_ERRORS},
+    )
 
     @router.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, Any]:
-        """Liveness: answers as long as the service is up."""
+        """Liveness: answers as long as the service is up; never needs the token."""
         current = runner()
         return {"status": "ok", "last_event_id": current.log.visible_seq}
 
-    @router.get("/api/tasks", response_model=list[TaskOut], tags=["tasks"])
+    @reads.get("/api/tasks", response_model=list[TaskOut], tags=["tasks"])
     async def list_tasks() -> list[dict[str, Any]]:
         """The registered tasks, with the JSON Schema of their params."""
         return [task.info() for task in runner().registry]
 
     for task in tasks:
-        router.add_api_route(
+        writes.add_api_route(
             f"/api/tasks/{task.name}/jobs",
-            _typed_endpoint(task, runner),
+            _typed_endpoint(task, runner, rate),
             methods=["POST"],
             status_code=202,
             response_model=JobOut,
@@ -161,7 +262,7 @@ def build_router(tasks: list[Task], runner: Callable[[], Runner]) -> APIRouter:
             operation_id=f"start_{task.name.replace('-', '_')}",
         )
 
-    @router.post(
+    @writes.post(
         "/api/tasks/{task}/jobs",
         status_code=202,
         response_model=JobOut,
@@ -169,15 +270,15 @@ def build_router(tasks: list[Task], runner: Callable[[], Runner]) -> APIRouter:
         tags=["jobs"],
     )
     async def start_job(
-        task: str, params: Annotated[dict[str, Any] | None, Body()] = None
+        request: Request, task: str, params: Annotated[dict[str, Any] | None, Body()] = None
     ) -> Response:
         """Start a job of any task; the body is the task's params object.
 
         Answers 202 with the job and its `Location`.
         """
-        return _submit(runner(), task, params or {})
+        return _submit(runner(), rate, request, task, params or {})
 
-    @router.get("/api/jobs", response_model=list[JobOut], tags=["jobs"])
+    @reads.get("/api/jobs", response_model=list[JobOut], tags=["jobs"])
     async def list_jobs(
         state: JobState | None = None,
         task: str | None = None,
@@ -186,12 +287,12 @@ def build_router(tasks: list[Task], runner: Callable[[], Runner]) -> APIRouter:
         """Jobs, newest first."""
         return [job.snapshot() for job in runner().newest(state=state, task=task, limit=limit)]
 
-    @router.get("/api/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, tags=["jobs"])
+    @reads.get("/api/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, tags=["jobs"])
     async def get_job(job_id: str) -> dict[str, Any]:
         """One job's snapshot."""
         return runner().get(job_id).snapshot()
 
-    @router.post(
+    @writes.post(
         "/api/jobs/{job_id}/cancel",
         status_code=202,
         response_model=JobOut,
@@ -202,19 +303,27 @@ def build_router(tasks: list[Task], runner: Callable[[], Runner]) -> APIRouter:
         """Cancel a queued job, or ask a running one to stop. 409 once it has finished."""
         return runner().cancel(job_id).snapshot()
 
-    @router.head("/api/jobs/{job_id}/events", include_in_schema=False)
-    @router.get("/api/jobs/{job_id}/events", responses=_ERRORS, tags=["streams"])
+    job_stream_responses: dict[int | str, dict[str, Any]] = {
+        **_ERRORS,
+        **_STREAM_ERRORS,
+        204: {"description": "you have already seen the job's terminal event: stop"},
+    }
+
+    @reads.head("/api/jobs/{job_id}/events", include_in_schema=False)
+    @reads.get("/api/jobs/{job_id}/events", responses=job_stream_responses, tags=["streams"])
     async def job_events(request: Request, job_id: str) -> Response:
         """SSE: the job's whole retained history, then live; ends after its terminal event."""
-        return stream.job_stream(runner(), request, job_id)
+        return stream.job_stream(runner(), request, job_id, streams)
 
-    @router.head("/api/events", include_in_schema=False)
-    @router.get("/api/events", responses=_ERRORS, tags=["streams"])
+    @reads.head("/api/events", include_in_schema=False)
+    @reads.get("/api/events", responses={**_ERRORS, **_STREAM_ERRORS}, tags=["streams"])
     async def all_events(request: Request, task: str | None = None) -> Response:
         """SSE for every job: a `snapshot` first (or a replay after `Last-Event-ID`), then live."""
         current = runner()
         if task is not None:
             current.registry.get(task)  # an unknown task is a 404, not an empty stream
-        return stream.all_jobs_stream(current, request, task)
+        return stream.all_jobs_stream(current, request, task, streams)
 
+    router.include_router(reads)
+    router.include_router(writes)
     return router

@@ -13,13 +13,19 @@ import anyio
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from . import __version__
-from ._asgi import BodySizeLimit
-from .api import build_router
+from ._asgi import AccessControl, BodySizeLimit
+from ._limits import StreamSlots
+from .api import build_router, error_response
 from .eventlog import EventLog
-from .exceptions import NotAccepting
+from .exceptions import JobcastError, NotAccepting
 from .runner import Runner
+from .security import Guard, RedactTokens, cors_options
 from .settings import Settings
 from .store import MemoryStore, ReportsWrites, SqliteStore, Store
 from .stream import wait_for_exit_signal
@@ -60,6 +66,17 @@ class JobCast:
     def settings(self) -> Settings:
         """The effective settings, read from the environment on first use."""
         return Settings.from_env(**self._options)
+
+    @functools.cached_property
+    def _streams(self) -> StreamSlots:
+        # Open streams are counted across restarts of the lifespan: each gives its slot
+        # back when its response ends, whenever that is.
+        settings = self.settings
+        return StreamSlots(
+            per_client=settings.max_streams_per_client,
+            total=settings.max_streams,
+            send_timeout=settings.stream_send_timeout,
+        )
 
     @overload
     def task(self, func: F) -> F: ...
@@ -171,7 +188,9 @@ class JobCast:
         Built on first access from the tasks registered by then.
         """
         if self._router is None:
-            self._router = build_router(list(self.tasks), lambda: self.runner)
+            self._router = build_router(
+                list(self.tasks), lambda: self.runner, settings=self.settings, streams=self._streams
+            )
         return self._router
 
     @asynccontextmanager
@@ -196,6 +215,7 @@ class JobCast:
                     store.on_failure(runner.store_failed)
                 runner.restore(recovered.jobs)
                 task_group.start_soon(_keepalive, log, settings.keepalive_interval)
+                task_group.start_soon(self._streams.watch)
                 task_group.start_soon(_stop_on_exit_signal, runner)
                 self._runner = runner
                 try:
@@ -209,11 +229,39 @@ class JobCast:
             await store.aclose()
 
     def create_app(self, **fastapi_options: Any) -> FastAPI:
-        """A FastAPI app serving the API, the streams and the dashboard page."""
+        """A FastAPI app serving the API, the streams and the dashboard page.
+
+        With a token set, every route of the app follows the access policy (see
+        :mod:`jobcast.security`), routes added to it later included; the health check, the
+        page, its static files and the docs page stay open (the page asks for the token).
+        """
+        settings = self.settings
         fastapi_options.setdefault("title", "jobcast")
         fastapi_options.setdefault("version", __version__)
         app = FastAPI(lifespan=self.lifespan, **fastapi_options)
-        app.add_middleware(BodySizeLimit, max_bytes=self.settings.max_body_bytes)
+        # Added innermost first: CORS answers preflights and marks every answer, refusals
+        # included, so a browser page can read why; then the token; then the body size.
+        app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+        open_paths = {
+            "/",
+            "/healthz",
+            app.docs_url,
+            app.redoc_url,
+            app.swagger_ui_oauth2_redirect_url,
+        }
+        app.add_middleware(
+            AccessControl,
+            guard=Guard(settings),
+            open_paths={path for path in open_paths if path},
+            open_prefixes=("/static/",),
+        )
+        cors = cors_options(settings)
+        if cors is not None:
+            app.add_middleware(CORSMiddleware, **cors)
+        app.add_exception_handler(JobcastError, _jobcast_error)
+        app.add_exception_handler(405, _method_not_allowed)
+        if settings.token:
+            RedactTokens.install()
         app.include_router(self.router)
         static = _static_dir()
         app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
@@ -223,6 +271,37 @@ class JobCast:
             return FileResponse(static / "index.html")
 
         return app
+
+
+async def _jobcast_error(request: Request, exc: Exception) -> Response:
+    # jobcast's own routes answer their errors themselves (JobcastRoute); this covers the
+    # routes a user adds to the app, such as the demo's recipe endpoints calling the runner.
+    assert isinstance(exc, JobcastError)
+    return error_response(exc)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    # Starlette's Allow names the methods of the first route whose path matches; a path
+    # served by several routes (GET and POST /api/background-task in the demo) must list
+    # them all (RFC 9110), or a client cannot tell what it may do there.
+    scope, routes = request.scope, request.app.router.routes
+
+    def serves(method: str) -> bool:
+        probe = {**scope, "method": method}
+        return any(route.matches(probe)[0] is Match.FULL for route in routes)
+
+    if serves(scope["method"]):
+        # A mounted app (the static files) took the request and refused it: it knows best.
+        allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
+    else:
+        allow = ", ".join(method for method in _METHODS if serves(method))
+    detail = getattr(exc, "detail", None) or "Method Not Allowed"
+    return JSONResponse(
+        {"detail": detail}, status_code=405, headers={"Allow": allow} if allow else {}
+    )
 
 
 def _default_store(settings: Settings) -> Store:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 __all__ = [
+    "CrossOrigin",
     "DuplicateJob",
     "JobCancelled",
     "JobFinished",
     "JobcastError",
     "NotAccepting",
     "QueueFull",
+    "RateLimited",
     "StoreError",
+    "StreamsFull",
     "TaskError",
+    "TooManyStreams",
+    "Unauthorized",
     "UnknownJob",
     "UnknownTask",
 ]
@@ -18,6 +23,9 @@ __all__ = [
 
 class JobcastError(Exception):
     """Raised for every failure jobcast reports on purpose; the root of the hierarchy."""
+
+    #: Seconds after which the same request may succeed (sent as ``Retry-After``), if known.
+    retry_after: int | None = None
 
 
 class UnknownTask(JobcastError):
@@ -73,6 +81,68 @@ class QueueFull(JobcastError):
         super().__init__(
             f"the job queue is full ({limit} jobs waiting); retry in {retry_after} s "
             "or raise JOBCAST_MAX_QUEUE"
+        )
+
+
+class RateLimited(JobcastError):
+    """Raised when a client starts jobs faster than ``jobs_per_minute`` allows."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"too many jobs started from your address: at most {limit} per minute; retry in "
+            f"{retry_after} s (the server's limit is JOBCAST_JOBS_PER_MINUTE)"
+        )
+
+
+class TooManyStreams(JobcastError):
+    """Raised when a client already holds ``max_streams_per_client`` streams open."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"your address already has {limit} streams open; close one first (GET /api/events "
+            "carries every job, so one stream is usually enough), or raise "
+            "JOBCAST_MAX_STREAMS_PER_CLIENT"
+        )
+
+
+class StreamsFull(JobcastError):
+    """Raised when the server already holds ``max_streams`` streams open in total."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"the server has {limit} streams open, its limit; retry in {retry_after} s "
+            "(the limit is JOBCAST_MAX_STREAMS)"
+        )
+
+
+class Unauthorized(JobcastError):
+    """Raised when a request that needs the access token came without a valid one."""
+
+    def __init__(self, *, reads: bool) -> None:
+        self.reads = reads
+        where = (
+            "send it as the header 'Authorization: Bearer <token>' (a stream also takes it as "
+            "the jobcast_token cookie or ?token=)"
+            if reads
+            else "send it as the header 'Authorization: Bearer <token>'"
+        )
+        super().__init__(f"this server needs an access token: {where}")
+
+
+class CrossOrigin(JobcastError):
+    """Raised when a browser on another site sends a request that would change something."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        super().__init__(
+            f"requests that change something are refused from origin {origin!r}; if that "
+            "page should use this API, add its origin to JOBCAST_CORS_ORIGINS"
         )
 
 

@@ -48,6 +48,14 @@ Reading = tuple[float, float | None, str | None]
 
 
 @dataclass(slots=True, eq=False)
+class _LogBudget:
+    """How many log lines a job has published, and how many past its limit were dropped."""
+
+    published: int = 0
+    dropped: int = 0
+
+
+@dataclass(slots=True, eq=False)
 class _Run:
     """A running job and what its supervisor needs to report on it."""
 
@@ -59,6 +67,7 @@ class _Run:
     stopping: bool = False  # cancelled by shutdown rather than by a user
     failure: JobError | None = None  # the store lost its events: the job fails with this
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    lines: _LogBudget = field(default_factory=_LogBudget)
 
 
 class Submitted(NamedTuple):
@@ -275,15 +284,16 @@ class Runner:
                 return
             self._queue.remove(job)
             task = self.registry.get(job.task)
+            lines = _LogBudget()
             ctx = JobContext(
                 job.id,
                 task.name,
                 job.params,
                 loop=self._loop,
-                on_lines=functools.partial(self._publish_lines, job),
+                on_lines=functools.partial(self._publish_lines, job, budget=lines),
             )
             now = time.time()
-            run = _Run(job, task, ctx, ProgressMeter(time.monotonic()))
+            run = _Run(job, task, ctx, ProgressMeter(time.monotonic()), lines=lines)
             self._runs[job.id] = run
             self._running_per_task[task.name] += 1
             job.state, job.started_at = JobState.RUNNING, now
@@ -388,6 +398,15 @@ class Runner:
         del self._runs[run.job.id]
         self._running_per_task[run.task.name] -= 1
         run.ctx._flush()  # log lines still pending go out before the terminal event
+        if run.lines.dropped:
+            limit = self.settings.max_log_lines
+            self._publish_lines(
+                run.job,
+                [
+                    f"{run.lines.dropped} more log lines were dropped: a job keeps at most "
+                    f"{limit} (JOBCAST_MAX_LOG_LINES)"
+                ],
+            )
         self._read_progress(run)  # the final value rides on the terminal event
         if run.failure is not None:
             outcome = _Outcome(JobState.FAILED, error=run.failure)
@@ -423,7 +442,23 @@ class Runner:
         job.last_seq = event.seq
         self._store.record(event, job)
 
-    def _publish_lines(self, job: Job, lines: list[str]) -> None:
+    def _publish_lines(self, job: Job, lines: list[str], budget: _LogBudget | None = None) -> None:
+        """Publish a job's log lines; past ``max_log_lines`` (counted in ``budget``), say so
+        once and drop the rest: a job that logs without end must not fill the store and
+        every stream without end."""
+        if budget is not None:
+            cap = self.settings.max_log_lines
+            room = max(cap - budget.published, 0)
+            if len(lines) > room:
+                first_drop = not budget.dropped
+                budget.dropped += len(lines) - room
+                lines = lines[:room]
+                if first_drop:
+                    lines.append(
+                        f"log lines truncated: this job logged more than {cap} lines, the "
+                        "rest are dropped (the server's limit is JOBCAST_MAX_LOG_LINES)"
+                    )
+            budget.published += len(lines)
         limit = self.settings.max_log_line
         for line in lines:
             payload = {"job_id": job.id, "line": line[:limit]}

@@ -7,18 +7,56 @@ factory and the CLI); everything inside takes plain values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Settings"]
 
+#: RFC 6750's token68: what fits in ``Authorization: Bearer``, a cookie and a comma list.
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+_MIN_TOKEN_LENGTH = 16
+_ORIGIN = re.compile(r"https?://[^/?#\s]+")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(raw)
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    """A comma-separated list; blanks around items and empty items are dropped."""
+    return tuple(item for item in (part.strip() for part in raw.split(",")) if item)
+
+
+def _parse_optional_float(raw: str) -> float | None:
+    return None if raw.strip().lower() in {"", "none", "off"} else float(raw)
+
+
 # Field types as written (annotations are strings here) to the parser of an environment value.
-_CONVERTERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str}
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "str": str,
+    "bool": _parse_bool,
+    "tuple[str, ...]": _parse_list,
+    "float | None": _parse_optional_float,
+}
+
+#: Fields whose value is a secret: never shown by ``repr`` nor echoed in an error.
+_SECRET = frozenset({"token"})
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class Settings:
     """Every knob of a jobcast service. Timing knobs are injectable so tests run fast."""
 
@@ -44,6 +82,8 @@ class Settings:
     """Largest request body accepted; larger ones answer 413."""
     max_log_line: int = 4096
     """Characters kept of one log line; the rest is cut."""
+    max_log_lines: int = 10_000
+    """Log lines published per job; past it one line says so and the rest are dropped."""
     snapshot_jobs: int = 500
     """Finished jobs in a stream's first snapshot (active jobs are always all there)."""
     db: str = "jobcast.db"
@@ -52,17 +92,91 @@ class Settings:
     """Events kept in the database; older ones are pruned in the background."""
     retain_days: float = 7.0
     """Days a finished job is kept in the database."""
+    token: tuple[str, ...] = ()
+    """Bearer tokens, any of which is accepted (``JOBCAST_TOKEN``: comma-separated). With one
+    set, every request that changes something must send ``Authorization: Bearer <token>``."""
+    protect_reads: bool = False
+    """Require the token for reads and streams too (streams also take a cookie or ``?token=``)."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the API from a browser (comma-separated); none: CORS is off.
+    ``*`` allows any origin, without credentials."""
+    max_param_depth: int = 32
+    """Deepest nesting of lists and objects accepted in a job's params."""
+    max_param_string: int = 10_000
+    """Longest string (or object key) accepted in a job's params, in characters."""
+    jobs_per_minute: int = 120
+    """Jobs one client (IP address; an IPv6 /64) may start per minute; past it, 429."""
+    max_streams_per_client: int = 100
+    """Streams one client may hold open at once; past it, 429."""
+    max_streams: int = 10_000
+    """Streams open at once in total; past it, 503."""
+    stream_send_timeout: float | None = 30.0
+    """Seconds a stream write may wait on a client that stopped reading before that client is
+    dropped (it can resume with its last id); ``None`` never drops one."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.type == "str":
+            kind = str(field.type)
+            if kind == "tuple[str, ...]":
+                object.__setattr__(self, field.name, _as_tuple(field.name, value))
+            elif kind == "str":
                 if not value:
                     raise ValueError(
                         f"{field.name} must not be empty; give a file path or ':memory:'"
                     )
-            elif not value > 0 or value == float("inf"):  # also refuses NaN
+            elif kind == "bool":
+                if not isinstance(value, bool):
+                    raise ValueError(f"{field.name} must be True or False, got {value!r}")
+            elif value is None and kind.endswith("| None"):
+                continue
+            elif not value > 0 or value == math.inf:  # also refuses NaN
                 raise ValueError(f"{field.name} must be positive and finite, got {value!r}")
+        self._check_tokens()
+        self._check_origins()
+
+    def _check_tokens(self) -> None:
+        for token in self.token:
+            if not _TOKEN.fullmatch(token):
+                raise ValueError(
+                    "token: a token may hold only letters, digits and - . _ ~ + / (then = "
+                    "padding); generate one with: python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))'"
+                )
+            if len(token) < _MIN_TOKEN_LENGTH:
+                raise ValueError(
+                    f"token: a token must be at least {_MIN_TOKEN_LENGTH} characters long; "
+                    "generate one with: python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))'"
+                )
+        if self.protect_reads and not self.token:
+            raise ValueError(
+                "protect_reads needs a token to check: set JOBCAST_TOKEN (or token=) too"
+            )
+
+    def _check_origins(self) -> None:
+        if "*" in self.cors_origins and len(self.cors_origins) > 1:
+            raise ValueError(
+                "cors_origins: '*' allows every origin and cannot be combined with others; "
+                "give either '*' or a list of origins"
+            )
+        for origin in self.cors_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"cors_origins: {origin!r} is not an origin; write scheme://host[:port] "
+                    "with no path or trailing slash, for example https://app.example.com"
+                )
+
+    def __repr__(self) -> str:
+        parts = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in _SECRET and value:
+                shown = f"<{len(value)} hidden>"
+            else:
+                shown = repr(value)
+            parts.append(f"{field.name}={shown}")
+        return f"Settings({', '.join(parts)})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
@@ -83,7 +197,17 @@ class Settings:
                 try:
                     values[name] = convert(environ[key])
                 except ValueError:
+                    shown = "(hidden)" if name in _SECRET else repr(environ[key])
                     raise ValueError(
-                        f"{key}={environ[key]!r} is not a valid {field.type}; fix or unset it"
+                        f"{key}={shown} is not a valid {field.type}; fix or unset it"
                     ) from None
         return cls(**values)
+
+
+def _as_tuple(name: str, value: object) -> tuple[str, ...]:
+    """A list setting given as a comma-separated string, or as any iterable of strings."""
+    if isinstance(value, str):
+        return _parse_list(value)
+    if not isinstance(value, Iterable) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"{name} must be a comma-separated string or a list of strings")
+    return tuple(item.strip() for item in value if item.strip())
