@@ -29,13 +29,18 @@ test: $(STAMP) ## run the test suite (installs what the tests need)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 typecheck: $(STAMP) ## mypy --strict
 	$(BIN)/mypy
 
 check: lint typecheck test ## everything CI runs
+
+.PHONY: bench
+bench: $(STAMP) ## run the benchmarks (minutes; prints a table, writes docs/bench.png)
+	@$(BIN)/python -c 'import matplotlib, tqdm' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench
 
 screenshot: $(STAMP) ## make docs/dashboard.png from a real browser
 	@scripts/system-deps chromium

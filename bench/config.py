@@ -1,0 +1,106 @@
+"""The sizes of every scenario: full (the issue's), ``--quick``, and the tests' tiny ones."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from .servers import ServerSpec
+
+__all__ = ["FULL", "JOBCAST_LIMITS", "QUICK", "SCENARIOS", "Sizes", "recipe_spec", "specs"]
+
+#: Scenario names, in the order they run.
+SCENARIOS: tuple[str, ...] = ("fanout", "idle", "storm", "cpu", "progress", "push")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sizes:
+    """Every count and duration a run uses; each load is bounded by them."""
+
+    # fan-out: a rate ladder at `fanout_subscribers`, then `big_subscribers` at `big_rate`
+    fanout_subscribers: int = 1000
+    fanout_rates: tuple[float, ...] = (50, 100, 200, 400, 800)
+    fanout_seconds: float = 4.0  # events per run = rate x seconds
+    big_subscribers: int = 5000
+    big_rate: float = 10
+    big_seconds: float = 10.0
+    fanout_slack: float = 6.0  # how long past the schedule's end a run waits for stragglers
+    repeat: int = 3  # runs per fan-out point; the figures are their medians
+    clients: int = 1  # subscriber processes (the server needs the other core)
+    # idle memory
+    idle_connections: int = 5000
+    # reconnect storm
+    storm_clients: int = 2000
+    storm_rate: float = 20
+    storm_seconds: float = 8.0
+    storm_drop_at: float = 0.3  # fraction of the ticks every client has before the drop
+    storm_slack: float = 8.0
+    # API under CPU load
+    cpu_idle_seconds: float = 3.0
+    cpu_load_seconds: float = 8.0
+    cpu_rps: float = 50
+    # progress cost
+    progress_calls: int = 1_000_000
+    progress_repeat: int = 7
+    # push vs poll
+    push_trials: int = 10
+    poll_interval: float = 1.0
+
+    def replace(self, **changes: object) -> Sizes:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+FULL = Sizes()
+
+QUICK = Sizes(
+    fanout_subscribers=200,
+    fanout_rates=(50, 200, 800),
+    fanout_seconds=2.0,
+    big_subscribers=1000,
+    big_seconds=3.0,
+    fanout_slack=3.0,
+    repeat=1,
+    idle_connections=1000,
+    storm_clients=300,
+    storm_seconds=4.0,
+    storm_slack=4.0,
+    cpu_idle_seconds=1.5,
+    cpu_load_seconds=3.0,
+    progress_calls=200_000,
+    progress_repeat=3,
+    push_trials=3,
+)
+
+
+#: jobcast's per-client limits, lifted: every benchmark client comes from 127.0.0.1, where the
+#: defaults (100 streams, 120 job starts a minute per address) would turn the load away with
+#: 429s. Everything else keeps its default. Variables a jobcast version lacks are ignored.
+JOBCAST_LIMITS = {
+    "JOBCAST_MAX_STREAMS_PER_CLIENT": "20000",
+    "JOBCAST_MAX_STREAMS": "20000",
+    "JOBCAST_JOBS_PER_MINUTE": "100000",
+}
+
+
+def specs(workdir: Path, index: int) -> dict[str, ServerSpec]:
+    """The servers by name. ``index`` gives each jobcast start a database file of its own."""
+    return {
+        "jobcast": ServerSpec(
+            "jobcast",
+            "bench.apps.jobcast_app:app",
+            env={"JOBCAST_DB": str(workdir / f"jobcast-{index}.db"), **JOBCAST_LIMITS},
+        ),
+        "tutorial": ServerSpec("tutorial", "bench.apps.tutorial:app"),
+        "bare ASGI": ServerSpec("bare ASGI", "bench.apps.bare:app"),
+    }
+
+
+def recipe_spec(kind: str, seconds: float) -> ServerSpec:
+    """The recipe with a CPU-bound (``cpu``) or sleeping (``sleep``) heavy task."""
+    return ServerSpec(
+        f"recipe ({kind})",
+        "bench.apps.recipe:app",
+        ready_path="/api/background-task",
+        env={"HEAVY_KIND": kind, "HEAVY_SECONDS": f"{seconds:g}"},
+    )
