@@ -69,12 +69,12 @@ class EventStream(EventSourceResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         slot = self._slot
         if slot is None:
-            await super().__call__(scope, receive, send)
+            await self._serve(scope, receive, send)
             return
         try:
             with anyio.CancelScope() as cancel:
                 slot.scope = cancel
-                await super().__call__(scope, receive, send)
+                await self._serve(scope, receive, send)
             if slot.dropped:
                 logger.info(
                     "dropped a stream to %s: it read nothing for %s s",
@@ -85,6 +85,33 @@ class EventStream(EventSourceResponse):
         finally:
             if self._slots is not None:
                 self._slots.give_back(slot)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream, and stop when the client leaves: one task besides this one.
+
+        sse-starlette's own ``__call__`` runs a task group of four tasks per connection (the
+        stream, a ping, a shutdown listener, a disconnect listener). Pings come from one
+        timer here, and shutdown closes the event log, which ends every stream by itself;
+        what is left is the stream and the disconnect listener. Measured with 5,000 idle
+        streams, that took memory per stream from 45 KB down (see the README).
+        """
+        if scope["method"] == "HEAD":
+            await super().__call__(scope, receive, send)  # headers only, never a stream
+            return
+        try:
+            async with anyio.create_task_group() as task_group:
+
+                async def leave_on_disconnect() -> None:
+                    await self._listen_for_disconnect(receive)
+                    task_group.cancel_scope.cancel()
+
+                task_group.start_soon(leave_on_disconnect)
+                await self._stream_response(send)
+                task_group.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # raise what failed, not the group around it
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
 
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         # sse-starlette wraps every send in anyio.move_on_after, even with no timeout set:
