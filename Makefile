@@ -38,9 +38,9 @@ typecheck: $(STAMP) ## mypy --strict
 check: lint typecheck test ## everything CI runs
 
 .PHONY: bench
-bench: $(STAMP) ## run the benchmarks (minutes; prints a table, writes docs/bench.png)
+bench: $(STAMP) ## run the benchmarks (minutes; prints a table, writes docs/bench.png; BENCH_ARGS=--quick)
 	@$(BIN)/python -c 'import matplotlib, tqdm' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 screenshot: $(STAMP) ## make docs/dashboard.png from a real browser
 	@scripts/system-deps chromium

@@ -283,6 +283,9 @@ async def test_the_page_is_served_at_root(api: Start) -> None:
     response = await client.get("/")
     assert response.status_code == 200
     assert "text/html" in response.headers["content-type"]
+    head = await client.head("/")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == response.headers["content-length"]
 
 
 async def test_routes_answer_503_when_the_service_is_not_running() -> None:

@@ -7,13 +7,19 @@ __version__ = "0.1.0"
 from .app import JobCast
 from .context import JobContext
 from .exceptions import (
+    CrossOrigin,
     DuplicateJob,
     JobCancelled,
     JobcastError,
     JobFinished,
     NotAccepting,
     QueueFull,
+    RateLimited,
+    StoreError,
+    StreamsFull,
     TaskError,
+    TooManyStreams,
+    Unauthorized,
     UnknownJob,
     UnknownTask,
 )
@@ -21,7 +27,7 @@ from .jobs import TERMINAL_STATES, Job, JobState, Progress
 from .settings import Settings
 
 __all__ = [
-    "TERMINAL_STATES",
+    "CrossOrigin",
     "DuplicateJob",
     "Job",
     "JobCancelled",
@@ -33,8 +39,14 @@ __all__ = [
     "NotAccepting",
     "Progress",
     "QueueFull",
+    "RateLimited",
     "Settings",
+    "StoreError",
+    "StreamsFull",
+    "TERMINAL_STATES",
     "TaskError",
+    "TooManyStreams",
+    "Unauthorized",
     "UnknownJob",
     "UnknownTask",
     "__version__",

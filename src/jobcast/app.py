@@ -266,7 +266,7 @@ class JobCast:
         static = _static_dir()
         app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
 
-        @app.get("/", include_in_schema=False)
+        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
         async def index() -> FileResponse:
             return FileResponse(static / "index.html")
 
