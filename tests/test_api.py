@@ -176,6 +176,8 @@ async def test_list_jobs_newest_first_with_filters(api: Start) -> None:
         ("GET", "/api/jobs?limit=0", None, 422, "limit"),
         ("POST", "/api/tasks/count/jobs", {"n": -1}, 422, "n"),
         ("POST", "/api/tasks/count/jobs", {"n": "many"}, 422, "n"),
+        ("POST", "/api/tasks/count/jobs", {"n": False}, 422, "must be a number"),
+        ("POST", "/api/tasks/count/jobs", {"n": "5"}, 422, "must be a number"),
         ("POST", "/api/tasks/count/jobs", {"m": 1}, 422, "m"),
         ("POST", "/api/tasks/hold/jobs", {}, 422, "name"),
         ("POST", "/api/tasks/hold/jobs", [1], 422, "body"),
@@ -364,3 +366,14 @@ async def test_the_router_mounts_into_an_existing_app_with_the_lifespan() -> Non
             assert job.result == 42
             invalid = await client.post("/api/tasks/double/jobs", json={"x": "many"})
             assert invalid.status_code == 422
+
+
+async def test_numbers_are_taken_as_json_numbers(api: Start) -> None:
+    jobs, client = await api()
+    # JSON Schema's integer includes 3.0; a boolean or a string is not a number.
+    created = await start(client, "count", n=3.0)
+    assert created["params"] == {"n": 3}
+    for bad in (True, "3", None):
+        response = await client.post("/api/tasks/count/jobs", json={"n": bad})
+        assert response.status_code == 422, bad
+    assert len(jobs.runner.jobs) == 1

@@ -18,7 +18,6 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.python.asgi import shutdown_lifespans
-from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from jobcast import JobCast
 from tests.conftest import Server, wait_until
@@ -59,9 +58,7 @@ each_operation: Callable[[Callable[..., None]], Callable[..., None]] = demo_sche
     derandomize=True,
 )
 def test_the_demo_api_answers_as_its_schema_says(case: Any, demo_service: None) -> None:
-    # Left out: pydantic's lax mode takes `false` for a number param (as 0), which the schema
-    # does not allow. The params models are built in tasks.py; see the issue 8 report.
-    case.call_and_validate(excluded_checks=[negative_data_rejection])
+    case.call_and_validate()
 
 
 # -- streams, on a real server -----------------------------------------------------------------

@@ -6,9 +6,10 @@ import inspect
 import typing
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, create_model
 
 from .commands import check_template
 from .exceptions import UnknownTask
@@ -90,7 +91,36 @@ def params_model(func: Callable[..., Any], name: str) -> type[BaseModel]:
     return _model(name, fields)
 
 
+def _refuse_bool_and_str(value: object) -> object:
+    if isinstance(value, bool | str):
+        raise ValueError(f"must be a number, not {type(value).__name__} {value!r}")
+    return value
+
+
+def _numbers_stay_numbers(annotation: Any) -> Any:
+    """``int``/``float`` params (or optional ones) refuse booleans and strings.
+
+    pydantic's lax mode would read ``false`` as 0 and ``"5"`` as 5, which the JSON Schema of
+    the params forbids; strict mode would also refuse ``52.0`` for an integer, which it
+    allows. So only those two coercions are refused, before pydantic's own validation.
+    """
+    base = (
+        typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+    )
+    members = (
+        set(typing.get_args(base)) if typing.get_origin(base) in (Union, UnionType) else {base}
+    )
+    members.discard(type(None))
+    if members and members <= {int, float}:
+        return Annotated[annotation, BeforeValidator(_refuse_bool_and_str)]
+    return annotation
+
+
 def _model(name: str, fields: dict[str, Any]) -> type[BaseModel]:
+    fields = {
+        key: (_numbers_stay_numbers(annotation), default)
+        for key, (annotation, default) in fields.items()
+    }
     title = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Params"
     model: type[BaseModel] = create_model(title, __config__=ConfigDict(extra="forbid"), **fields)
     return model
