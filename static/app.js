@@ -10,6 +10,9 @@ import { JobTable, matchesFilter } from './table.js';
 const STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted'];
 const CONNECTION_TEXT = { live: 'Live', reconnecting: 'Reconnecting…', offline: 'Offline' };
 const ANNOUNCE_LIMIT = 3;
+// Finished jobs the page keeps; past it the oldest go, so a tab left open for days stays
+// small. Active jobs always stay. (A test lowers it through globalThis.jobcastKeepFinished.)
+const KEEP_FINISHED = globalThis.jobcastKeepFinished ?? 1000;
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -80,7 +83,22 @@ function applyJob(job) {
   noteTask(job.task);
   if (TERMINAL_STATES.has(job.state) && previous?.state !== job.state) {
     announcements.push(`${job.task} job ${shortId(job.id)} ${job.state}.`);
+    forgetOldFinished();
   }
+}
+
+function forgetOldFinished() {
+  const finished = [...jobs.values()].filter((job) => TERMINAL_STATES.has(job.state));
+  // Prune in steps of a tenth: a rebuild per finished job would cost a frame each.
+  if (finished.length <= KEEP_FINISHED + Math.ceil(KEEP_FINISHED / 10)) return;
+  finished.sort((a, b) => Date.parse(a.created_at) - Date.parse(b.created_at));
+  for (const job of finished.slice(0, finished.length - KEEP_FINISHED)) {
+    jobs.delete(job.id);
+    dirty.delete(job.id);
+  }
+  logBook.retainOnly(jobs);
+  if (logPanel.jobId !== null && !jobs.has(logPanel.jobId)) closeLogs();
+  rebuildPending = true;
 }
 
 function serverNow() {

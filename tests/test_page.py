@@ -195,3 +195,21 @@ def test_after_a_restart_the_page_reconnects_and_shows_each_job_once(
     ids = row_ids(page)
     on_server = {job["id"] for job in httpx.get(f"{server.url}/api/jobs").json()}
     assert len(ids) == len(set(ids)) and set(ids) == on_server
+
+
+def test_the_page_keeps_a_bounded_number_of_finished_jobs(serve: Serve, page: Page) -> None:
+    _, server = serve()
+    page.add_init_script("globalThis.jobcastKeepFinished = 2")
+    open_dashboard(page, server)
+    started = []
+    for _ in range(4):
+        response = httpx.post(
+            f"{server.url}/api/tasks/sleep/jobs", json={"seconds": 0.01, "steps": 1}
+        )
+        started.append(response.json()["id"])
+        expect(page.locator(f'tr[data-job-id="{started[-1]}"]')).to_have_attribute(
+            "data-state", "succeeded"
+        )
+    # The two newest finished jobs stay; the older ones went.
+    expect(page.locator("tr[data-job-id]")).to_have_count(2)
+    assert sorted(row_ids(page)) == sorted(started[2:])
