@@ -309,6 +309,9 @@ def build_router(
         204: {"description": "you have already seen the job's terminal event: stop"},
     }
 
+    # The app create_app makes serves the GETs of these two routes on a fast path instead
+    # (jobcast._asgi.StreamFastPath), calling the same stream functions: here they serve HEAD,
+    # /docs, and every app this router is mounted into.
     @reads.head("/api/jobs/{job_id}/events", include_in_schema=False)
     @reads.get("/api/jobs/{job_id}/events", responses=job_stream_responses, tags=["streams"])
     async def job_events(request: Request, job_id: str) -> Response:
@@ -319,10 +322,7 @@ def build_router(
     @reads.get("/api/events", responses={**_ERRORS, **_STREAM_ERRORS}, tags=["streams"])
     async def all_events(request: Request, task: str | None = None) -> Response:
         """SSE for every job: a `snapshot` first (or a replay after `Last-Event-ID`), then live."""
-        current = runner()
-        if task is not None:
-            current.registry.get(task)  # an unknown task is a 404, not an empty stream
-        return stream.all_jobs_stream(current, request, task, streams)
+        return stream.all_jobs_stream(runner(), request, task, streams)
 
     router.include_router(reads)
     router.include_router(writes)

@@ -6,6 +6,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -13,13 +14,15 @@ import anyio
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
+from starlette.types import ASGIApp
 
 from . import __version__
-from ._asgi import AccessControl, BodySizeLimit
+from ._asgi import AccessControl, BodySizeLimit, StreamFastPath
 from ._limits import StreamSlots
 from .api import build_router, error_response
 from .eventlog import EventLog
@@ -238,10 +241,7 @@ class JobCast:
         settings = self.settings
         fastapi_options.setdefault("title", "jobcast")
         fastapi_options.setdefault("version", __version__)
-        app = FastAPI(lifespan=self.lifespan, **fastapi_options)
-        # Added innermost first: CORS answers preflights and marks every answer, refusals
-        # included, so a browser page can read why; then the token; then the body size.
-        app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+        app = _App(lifespan=self.lifespan, **fastapi_options)
         open_paths = {
             "/",
             "/healthz",
@@ -249,15 +249,21 @@ class JobCast:
             app.redoc_url,
             app.swagger_ui_oauth2_redirect_url,
         }
-        app.add_middleware(
-            AccessControl,
-            guard=Guard(settings),
-            open_paths={path for path in open_paths if path},
-            open_prefixes=("/static/",),
-        )
+        # Outermost first: CORS answers preflights and marks every answer, refusals included,
+        # so a browser page can read why; then the token; then the body size.
+        policy = [
+            Middleware(
+                AccessControl,
+                guard=Guard(settings),
+                open_paths={path for path in open_paths if path},
+                open_prefixes=("/static/",),
+            ),
+            Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+        ]
         cors = cors_options(settings)
         if cors is not None:
-            app.add_middleware(CORSMiddleware, **cors)
+            policy.insert(0, Middleware(CORSMiddleware, **cors))
+        app.user_middleware[:0] = policy
         app.add_exception_handler(JobcastError, _jobcast_error)
         app.add_exception_handler(405, _method_not_allowed)
         if settings.token:
@@ -270,7 +276,58 @@ class JobCast:
         async def index() -> FileResponse:
             return FileResponse(static / "index.html")
 
+        app.stream_fast_path = _FastPathSpec(
+            runner=lambda: self.runner,
+            streams=self._streams,
+            policy=policy,
+            exception_handlers=dict(app.exception_handlers),
+        )
         return app
+
+
+@dataclass(slots=True, frozen=True)
+class _FastPathSpec:
+    """What :class:`StreamFastPath` needs, and the app's policy as ``create_app`` left it."""
+
+    runner: Callable[[], Runner]
+    streams: StreamSlots
+    policy: list[Middleware]
+    exception_handlers: dict[Any, Any]
+
+
+class _App(FastAPI):
+    """FastAPI, with jobcast's two SSE GETs served by :class:`~jobcast._asgi.StreamFastPath`.
+
+    The fast path sits outside the whole middleware stack that FastAPI builds, and applies the
+    app's own policy middleware itself. Only as long as the app is as ``create_app`` made it:
+    middleware or exception handlers added afterwards must see the streams too, so with those
+    the streams go through the framework like every other route.
+    """
+
+    stream_fast_path: _FastPathSpec | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        spec = self.stream_fast_path
+        if (
+            spec is None
+            or self.user_middleware != spec.policy
+            or self.exception_handlers != spec.exception_handlers
+            or getattr(self, "max_body_size", None) is not None  # newer FastAPI: its own limit
+        ):
+            return stack
+        error_handler = None
+        for key, value in self.exception_handlers.items():  # as FastAPI picks it
+            if key in (500, Exception):
+                error_handler = value
+        return StreamFastPath(
+            stack,
+            runner=spec.runner,
+            streams=spec.streams,
+            policy=spec.policy,
+            error_handler=error_handler,
+            debug=self.debug,
+        )
 
 
 async def _jobcast_error(request: Request, exc: Exception) -> Response:

@@ -268,9 +268,13 @@ def all_jobs_stream(
 ) -> Response:
     """``GET /api/events``: a snapshot (or a replay after the client's id), then live.
 
-    Raises :class:`~jobcast.exceptions.TooManyStreams` or
-    :class:`~jobcast.exceptions.StreamsFull` past the limits.
+    Raises :class:`~jobcast.exceptions.UnknownTask` for a ``task`` filter naming no task (a
+    404 rather than a stream that stays empty), and
+    :class:`~jobcast.exceptions.TooManyStreams` or :class:`~jobcast.exceptions.StreamsFull`
+    past the limits.
     """
+    if task is not None:
+        runner.registry.get(task)
     log = runner.log
 
     def snapshot() -> tuple[bytes, int]:
