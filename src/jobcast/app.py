@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequen
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, Unpack, overload
 
 import anyio
 from fastapi import APIRouter, FastAPI
@@ -32,7 +32,7 @@ from .security import Guard, RedactTokens, cors_options
 from .settings import Settings
 from .store import MemoryStore, ReportsWrites, SqliteStore, Store
 from .stream import wait_for_exit_signal
-from .tasks import Duplicates, Mode, TaskRegistry
+from .tasks import Duplicates, TaskOptions, TaskRegistry
 
 __all__ = ["JobCast"]
 
@@ -85,56 +85,24 @@ class JobCast:
     def task(self, func: F) -> F: ...
 
     @overload
-    def task(
-        self,
-        *,
-        name: str | None = None,
-        description: str | None = None,
-        mode: Mode = "thread",
-        max_concurrency: int | None = None,
-        timeout: float | None = None,
-        nice: int = 10,
-        duplicates: Duplicates = "allow",
-        retry_on_restart: bool = False,
-    ) -> Callable[[F], F]: ...
+    def task(self, **options: Unpack[TaskOptions]) -> Callable[[F], F]: ...
 
-    def task(
-        self,
-        func: Callable[..., Any] | None = None,
-        *,
-        name: str | None = None,
-        description: str | None = None,
-        mode: Mode = "thread",
-        max_concurrency: int | None = None,
-        timeout: float | None = None,
-        nice: int = 10,
-        duplicates: Duplicates = "allow",
-        retry_on_restart: bool = False,
-    ) -> Any:
+    def task(self, func: Callable[..., Any] | None = None, **options: Unpack[TaskOptions]) -> Any:
         """Register a function as a task; use as ``@jobs.task`` or ``@jobs.task(...)``.
 
         The function takes a :class:`~jobcast.JobContext` first; its other parameters are the
-        job's params, validated by pydantic from their annotations. ``mode="process"`` runs
-        it in a worker process at ``nice`` lower CPU priority (for CPU-bound work, which
-        would otherwise hold the GIL and slow the API). ``duplicates`` says what starting a
-        job does while one with equal params is queued or running: ``"allow"`` another,
-        ``"reject"`` it (409 naming the existing job) or ``"join"`` the existing one.
-        A job the server stops under (a restart, a crash) ends ``interrupted``, or with
-        ``retry_on_restart=True`` is queued again to run from the start at the next start.
+        job's params, validated by pydantic from their annotations. The options are those of
+        :class:`~jobcast.tasks.TaskOptions`: ``mode="process"`` runs the task in a worker
+        process at ``nice`` lower CPU priority (for CPU-bound work, which would otherwise hold
+        the GIL and slow the API); ``duplicates`` says what starting a job does while one with
+        equal params is queued or running: ``"allow"`` another, ``"reject"`` it (409 naming
+        the existing job) or ``"join"`` the existing one. A job the server stops under (a
+        restart, a crash) ends ``interrupted``, or with ``retry_on_restart=True`` is queued
+        again to run from the start at the next start.
         """
 
         def register(func: Callable[..., Any]) -> Callable[..., Any]:
-            self.tasks.register(
-                func,
-                name=name,
-                description=description,
-                mode=mode,
-                max_concurrency=max_concurrency,
-                timeout=timeout,
-                nice=nice,
-                duplicates=duplicates,
-                retry_on_restart=retry_on_restart,
-            )
+            self.tasks.register(func, **options)
             return func
 
         return register if func is None else register(func)

@@ -7,14 +7,14 @@ import typing
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import UnionType
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypedDict, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, create_model
 
 from .commands import check_template
 from .exceptions import UnknownTask
 
-__all__ = ["Command", "Duplicates", "Mode", "Task", "TaskRegistry", "params_model"]
+__all__ = ["Command", "Duplicates", "Mode", "Task", "TaskOptions", "TaskRegistry", "params_model"]
 
 Mode = Literal["thread", "process"]
 MODES: tuple[str, ...] = typing.get_args(Mode)  # what a function task may ask for
@@ -22,6 +22,19 @@ MODES: tuple[str, ...] = typing.get_args(Mode)  # what a function task may ask f
 #: What starting a job does when one of the same task with equal params is queued or running.
 Duplicates = Literal["allow", "reject", "join"]
 DUPLICATES: tuple[str, ...] = typing.get_args(Duplicates)
+
+
+class TaskOptions(TypedDict, total=False):
+    """The options of ``@jobs.task(...)``; each has the default of :class:`Task`."""
+
+    name: str
+    description: str
+    mode: Mode
+    max_concurrency: int | None
+    timeout: float | None
+    nice: int
+    duplicates: Duplicates
+    retry_on_restart: bool
 
 
 @dataclass(frozen=True, slots=True)
