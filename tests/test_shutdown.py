@@ -21,9 +21,9 @@ async def test_shutdown_records_running_and_queued_jobs_as_interrupted() -> None
     jobs = make_jobs(max_workers=2, grace_period=0.5)
     async with jobs.lifespan():
         runner = jobs.runner
-        polite = runner.submit("hold", {"name": "never-opened"}).job
-        stubborn = runner.submit("stubborn", {"seconds": 30}).job
-        queued = runner.submit("count", {"n": 1}).job
+        polite = (await runner.submit("hold", {"name": "never-opened"})).job
+        stubborn = (await runner.submit("stubborn", {"seconds": 30})).job
+        queued = (await runner.submit("count", {"n": 1})).job
         await wait_job(jobs, polite.id, lambda job: job.state is JobState.RUNNING)
         started = time.monotonic()
     took = time.monotonic() - started

@@ -337,13 +337,13 @@ async def test_the_service_fails_a_job_whose_events_cannot_be_stored_and_keeps_s
             ctx.raise_if_cancelled()
 
     async with jobs.lifespan():
-        job = jobs.runner.submit("chatter", {"name": "chatter-full"}).job
+        job = (await jobs.runner.submit("chatter", {"name": "chatter-full"})).job
         failed = await wait_job(jobs, job.id)
         assert failed.state is JobState.FAILED and failed.error is not None
         assert failed.error.type == "StoreError"
         assert str(path) in failed.error.message and "full" in failed.error.message
         # Still serving: the next job is taken, runs, and ends (failed too while full).
-        other = jobs.runner.submit("count", {"n": 3}).job
+        other = (await jobs.runner.submit("count", {"n": 3})).job
         assert (await wait_job(jobs, other.id)).finished
 
 
@@ -354,9 +354,9 @@ async def test_a_clean_restart_keeps_queued_jobs_and_requeues_retry_tasks(
     jobs = make_jobs(db=str(path), max_workers=2, grace_period=0.5)
     async with jobs.lifespan():
         runner = jobs.runner
-        held = runner.submit("hold", {"name": "restart-held"}).job
-        retried = runner.submit("resumable", {"name": "restart-retried"}).job
-        waiting = runner.submit("count", {"n": 5}).job
+        held = (await runner.submit("hold", {"name": "restart-held"})).job
+        retried = (await runner.submit("resumable", {"name": "restart-retried"})).job
+        waiting = (await runner.submit("count", {"n": 5})).job
         await wait_job(jobs, retried.id, lambda job: job.state is JobState.RUNNING)
         stopped_at = runner.log.last_seq
 
@@ -390,8 +390,8 @@ async def test_a_job_of_a_task_no_longer_registered_fails_after_a_restart(
 
     async with before.lifespan():
         runner = before.runner
-        blocker = runner.submit("hold", {"name": "retired-blocker"}).job
-        orphan = runner.submit("retired", {}).job
+        blocker = (await runner.submit("hold", {"name": "retired-blocker"})).job
+        orphan = (await runner.submit("retired", {})).job
         await wait_job(before, blocker.id, lambda job: job.state is JobState.RUNNING)
 
     after = make_jobs(db=str(path))
@@ -406,8 +406,10 @@ async def test_the_writer_keeps_up_with_many_jobs_logging_at_once(tmp_path: Path
     jobs = make_jobs(db=str(path), max_workers=8, event_buffer=100_000)
     async with jobs.lifespan():
         runner = jobs.runner
-        ids = [runner.submit("flood", {"lines": 5000, "width": 50}).job.id for _ in range(6)]
-        ids += [runner.submit("count", {"n": 200_000}).job.id for _ in range(2)]
+        ids = [
+            (await runner.submit("flood", {"lines": 5000, "width": 50})).job.id for _ in range(6)
+        ]
+        ids += [(await runner.submit("count", {"n": 200_000})).job.id for _ in range(2)]
         for job_id in ids:
             await wait_job(jobs, job_id, seconds=30)
         published = runner.log.iter_after(0)

@@ -161,14 +161,14 @@ _STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _submit(
+async def _submit(
     runner: Runner, rate: JobRate, request: Request, task: str, params: object
 ) -> JSONResponse:
     """202 and the new job; 200 and the existing one when the task joins duplicates."""
     client = client_key(request.scope)
     rate.check(client)
     try:
-        job, created = runner.submit(task, params)
+        job, created = await runner.submit(task, params)
     except ValidationError as exc:
         errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         raise RequestValidationError(errors) from exc
@@ -193,7 +193,7 @@ def _typed_endpoint(
 
     async def start_job(request: Request, params: Any = None) -> Response:
         values = params.model_dump() if params is not None else {}
-        return _submit(runner(), rate, request, task.name, values)
+        return await _submit(runner(), rate, request, task.name, values)
 
     default = Body(...) if required else Body(None)
     start_job.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -276,7 +276,7 @@ def build_router(
 
         Answers 202 with the job and its `Location`.
         """
-        return _submit(runner(), rate, request, task, params or {})
+        return await _submit(runner(), rate, request, task, params or {})
 
     @reads.get("/api/jobs", response_model=list[JobOut], tags=["jobs"])
     async def list_jobs(
@@ -301,7 +301,7 @@ def build_router(
     )
     async def cancel_job(job_id: str) -> dict[str, Any]:
         """Cancel a queued job, or ask a running one to stop. 409 once it has finished."""
-        return runner().cancel(job_id).snapshot()
+        return (await runner().cancel(job_id)).snapshot()
 
     job_stream_responses: dict[int | str, dict[str, Any]] = {
         **_ERRORS,

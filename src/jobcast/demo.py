@@ -135,7 +135,7 @@ recipe = APIRouter(tags=["recipe"])
 @recipe.post("/api/background-task")
 async def execute_background_task() -> dict[str, str]:
     """The recipe's start button: starts a `heavy` job (watch it on /api/events)."""
-    jobs.runner.submit("heavy", {})
+    await jobs.runner.submit("heavy", {})
     return {"message": "ok"}
 
 
