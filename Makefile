@@ -25,7 +25,7 @@ run: $(STAMP) ## serve the demo on http://127.0.0.1:8000
 	$(BIN)/jobcast serve
 
 test: $(STAMP) ## run the test suite (installs what the tests need)
-	@scripts/system-deps chromium
+	@scripts/system-deps chromium redis-server
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## ruff

@@ -37,6 +37,9 @@ def test_defaults() -> None:
         "max_streams_per_client": 100,
         "max_streams": 10_000,
         "stream_send_timeout": 30.0,
+        "redis_url": None,
+        "redis_prefix": "jobcast",
+        "heartbeat_timeout": 10.0,
     }
 
 

@@ -17,8 +17,8 @@ from . import stream
 from ._limits import StreamSlots
 from .api import error_response
 from .exceptions import JobcastError
-from .runner import Runner
 from .security import SAFE_METHODS, Guard, Via, cookie_header
+from .service import Service
 
 __all__ = ["AccessControl", "BodySizeLimit", "StreamFastPath"]
 
@@ -194,7 +194,7 @@ class StreamFastPath:
         self,
         app: ASGIApp,
         *,
-        runner: Callable[[], Runner],
+        runner: Callable[[], Service],
         streams: StreamSlots,
         policy: Sequence[Middleware] = (),
         error_handler: Callable[[Request, Exception], Any] | None = None,

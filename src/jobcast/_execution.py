@@ -129,6 +129,10 @@ class Execution:
         run.ctx.cancel()
         return True
 
+    async def idle(self) -> None:
+        """Return once no job runs."""
+        await self._idle.wait()
+
     async def stop(self, grace_period: float) -> None:
         """Ask every run to stop, and cancel the supervisors still running after the grace
         period (their threads are abandoned); return once every run has ended."""

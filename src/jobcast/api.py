@@ -16,6 +16,7 @@ from starlette.responses import Response
 from . import stream
 from ._limits import JobRate, ParamsProblem, StreamSlots, check_params, client_key, too_deep
 from .exceptions import (
+    BackendUnavailable,
     CrossOrigin,
     DuplicateJob,
     JobcastError,
@@ -30,9 +31,9 @@ from .exceptions import (
     UnknownTask,
 )
 from .jobs import JobState
-from .runner import Runner
 from .schemas import DuplicateOut, ErrorOut, JobOut, TaskOut
 from .security import Guard
+from .service import Service
 from .settings import Settings
 from .tasks import Task
 
@@ -49,6 +50,7 @@ _STATUS: dict[type[JobcastError], int] = {
     RateLimited: 429,
     TooManyStreams: 429,
     NotAccepting: 503,
+    BackendUnavailable: 503,
     StreamsFull: 503,
 }
 
@@ -162,7 +164,7 @@ _STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def _submit(
-    runner: Runner, rate: JobRate, request: Request, task: str, params: object
+    runner: Service, rate: JobRate, request: Request, task: str, params: object
 ) -> JSONResponse:
     """202 and the new job; 200 and the existing one when the task joins duplicates."""
     client = client_key(request.scope)
@@ -182,7 +184,7 @@ async def _submit(
 
 
 def _typed_endpoint(
-    task: Task, runner: Callable[[], Runner], rate: JobRate
+    task: Task, runner: Callable[[], Service], rate: JobRate
 ) -> Callable[..., Coroutine[Any, Any, Response]]:
     """An endpoint whose body is ``task``'s params model, so /docs shows its form.
 
@@ -213,7 +215,7 @@ def _typed_endpoint(
 
 
 def build_router(
-    tasks: list[Task], runner: Callable[[], Runner], *, settings: Settings, streams: StreamSlots
+    tasks: list[Task], runner: Callable[[], Service], *, settings: Settings, streams: StreamSlots
 ) -> APIRouter:
     """The HTTP API of one JobCast. ``runner()`` gives the running service's runner.
 

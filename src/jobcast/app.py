@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar, Unpack, overload
 
 import anyio
+from anyio.abc import TaskGroup
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
@@ -29,6 +30,7 @@ from .eventlog import EventLog
 from .exceptions import JobcastError, NotAccepting
 from .runner import Runner
 from .security import Guard, RedactTokens, cors_options
+from .service import Service
 from .settings import Settings
 from .store import MemoryStore, ReportsWrites, SqliteStore, Store
 from .stream import wait_for_exit_signal
@@ -62,7 +64,7 @@ class JobCast:
         self._options = options
         self._store = store
         self.tasks = TaskRegistry()
-        self._runner: Runner | None = None
+        self._runner: Service | None = None
         self._router: APIRouter | None = None
 
     @functools.cached_property
@@ -146,8 +148,9 @@ class JobCast:
         )
 
     @property
-    def runner(self) -> Runner:
-        """The running service's runner; only there between startup and shutdown."""
+    def runner(self) -> Service:
+        """The running service: a :class:`~jobcast.runner.Runner`, or with Redis a
+        :class:`~jobcast.cluster.hub.Hub`; only there between startup and shutdown."""
         if self._runner is None:
             raise NotAccepting("the jobcast service is not running (lifespan not started)")
         return self._runner
@@ -168,6 +171,26 @@ class JobCast:
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
         """Run the service: a FastAPI ``lifespan``, or ``async with jobs.lifespan():``."""
         settings = self.settings
+        # Opening (the store, Redis) happens before the task group, so that its errors
+        # reach the server as themselves rather than inside an exception group.
+        open_service = self._open_redis if settings.redis_url else self._open_here
+        async with open_service() as start, anyio.create_task_group() as task_group:
+            service = start(task_group)
+            task_group.start_soon(_keepalive, service.log, settings.keepalive_interval)
+            task_group.start_soon(self._streams.watch)
+            task_group.start_soon(_stop_on_exit_signal, service)
+            self._runner = service
+            try:
+                yield
+            finally:
+                self._runner = None
+                await service.shutdown()
+                task_group.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def _open_here(self) -> AsyncIterator[Callable[[TaskGroup], Service]]:
+        """This process runs the jobs, kept in the store (SQLite unless told otherwise)."""
+        settings = self.settings
         store = self._store or _default_store(settings)
         recovered = await store.open()
         events = recovered.events
@@ -178,26 +201,38 @@ class JobCast:
             hold_until_stored=reports,
         )
         log.extend(events)
+
+        def start(task_group: TaskGroup) -> Service:
+            runner = Runner(self.tasks, log, store, settings, task_group)
+            if isinstance(store, ReportsWrites):
+                store.on_stored(log.stored)
+                store.on_failure(runner.store_failed)
+            runner.restore(recovered.jobs)
+            return runner
+
         try:
-            async with anyio.create_task_group() as task_group:
-                runner = Runner(self.tasks, log, store, settings, task_group)
-                if isinstance(store, ReportsWrites):
-                    store.on_stored(log.stored)
-                    store.on_failure(runner.store_failed)
-                runner.restore(recovered.jobs)
-                task_group.start_soon(_keepalive, log, settings.keepalive_interval)
-                task_group.start_soon(self._streams.watch)
-                task_group.start_soon(_stop_on_exit_signal, runner)
-                self._runner = runner
-                try:
-                    yield
-                finally:
-                    await runner.shutdown()
-                    task_group.cancel_scope.cancel()
+            yield start
         finally:
-            self._runner = None
             log.close()
             await store.aclose()
+
+    @asynccontextmanager
+    async def _open_redis(self) -> AsyncIterator[Callable[[TaskGroup], Service]]:
+        """Workers run the jobs; this process starts them and streams them, through Redis."""
+        from .cluster import connect
+        from .cluster.hub import Hub
+
+        settings = self.settings
+        assert settings.redis_url is not None
+        redis = connect(settings.redis_url)
+        try:
+            hub = await Hub.load(self.tasks, settings, redis)
+            try:
+                yield hub.start
+            finally:
+                hub.log.close()
+        finally:
+            await redis.aclose()
 
     def create_app(self, **fastapi_options: Any) -> FastAPI:
         """A FastAPI app serving the API, the streams and the dashboard page.
@@ -257,7 +292,7 @@ class JobCast:
 class _FastPathSpec:
     """What :class:`StreamFastPath` needs, and the app's policy as ``create_app`` left it."""
 
-    runner: Callable[[], Runner]
+    runner: Callable[[], Service]
     streams: StreamSlots
     policy: list[Middleware]
     exception_handlers: dict[Any, Any]
@@ -341,13 +376,13 @@ def _default_store(settings: Settings) -> Store:
     )
 
 
-async def _stop_on_exit_signal(runner: Runner) -> None:
+async def _stop_on_exit_signal(service: Service) -> None:
     # The server waits for open streams to end before it runs the lifespan's shutdown, so
     # on a signal the jobs are stopped and recorded first, then the log is closed: streams
     # deliver the jobs' last events and end cleanly.
     await wait_for_exit_signal()
-    await runner.shutdown()
-    runner.log.close()
+    await service.shutdown()
+    service.log.close()
 
 
 async def _keepalive(log: EventLog, interval: float) -> None:

@@ -1,4 +1,5 @@
-"""``jobcast serve [module:attr]``: serve a JobCast (or a FastAPI app) with uvicorn."""
+"""``jobcast serve [module:attr]``: serve a JobCast (or a FastAPI app) with uvicorn;
+``jobcast worker [module:attr]``: run a JobCast's jobs from Redis."""
 
 from __future__ import annotations
 
@@ -10,20 +11,28 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import uvicorn
 
 from . import __version__
 from .app import JobCast
-from .exceptions import StoreError
+from .exceptions import BackendUnavailable, StoreError
 
 __all__ = ["load_app", "main"]
 
 DEMO = "jobcast.demo:app"
+DEMO_JOBS = "jobcast.demo:jobs"
 _TARGET_VARIABLE = "JOBCAST_APP"
 
 
 def load_app(target: str) -> Any:
     """Import ``module:attr`` and return an ASGI app; a :class:`JobCast` gets its app made."""
+    obj = load_target(target)
+    return obj.create_app() if isinstance(obj, JobCast) else obj
+
+
+def load_target(target: str) -> Any:
+    """Import ``module:attr`` and return what it names."""
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise SystemExit(f"jobcast: {target!r} is not module:attr (for example myapp.jobs:jobs)")
@@ -35,10 +44,35 @@ def load_app(target: str) -> Any:
             "importable from the current directory"
         ) from exc
     try:
-        obj = getattr(module, attr)
+        return getattr(module, attr)
     except AttributeError:
         raise SystemExit(f"jobcast: module {module_name!r} has no attribute {attr!r}") from None
-    return obj.create_app() if isinstance(obj, JobCast) else obj
+
+
+def _redis_url(obj: Any) -> str | None:
+    if isinstance(obj, JobCast):
+        return obj.settings.redis_url
+    return os.environ.get("JOBCAST_REDIS_URL") or None
+
+
+def _work(target: str) -> None:
+    jobs = load_target(target)
+    if not isinstance(jobs, JobCast):
+        raise SystemExit(f"jobcast: {target!r} is not a JobCast; name the JobCast of your tasks")
+    settings = jobs.settings
+    if settings.redis_url is None:
+        raise SystemExit(
+            "jobcast: a worker takes its jobs from Redis; set JOBCAST_REDIS_URL (for example "
+            "redis://localhost:6379/0) for the worker and for the API processes"
+        )
+    from .cluster import connect  # noqa: F401  (says what to install when redis is missing)
+    from .cluster.worker import serve_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        anyio.run(serve_worker, jobs.tasks, settings)
+    except BackendUnavailable as exc:
+        raise SystemExit(f"jobcast worker cannot start: {exc}") from None
 
 
 class _StoreErrorWithoutTraceback(logging.Filter):
@@ -49,13 +83,18 @@ class _StoreErrorWithoutTraceback(logging.Filter):
     would only bury it.
     """
 
-    _MARKER = f"{StoreError.__module__}.{StoreError.__qualname__}: "
+    _MARKERS = tuple(
+        f"{error.__module__}.{error.__qualname__}: " for error in (StoreError, BackendUnavailable)
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if message.startswith("Traceback") and self._MARKER in message:
-            reason = message.rsplit(self._MARKER, 1)[1].strip()
-            record.msg, record.args = f"jobcast cannot start: {reason}", ()
+        if not message.startswith("Traceback"):
+            return True
+        for marker in self._MARKERS:
+            if marker in message:
+                reason = message.rsplit(marker, 1)[1].strip()
+                record.msg, record.args = f"jobcast cannot start: {reason}", ()
         return True
 
 
@@ -74,9 +113,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--reload", action="store_true", help="restart when code changes")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="API processes to run (more than one needs Redis: JOBCAST_REDIS_URL)",
+    )
+    work = commands.add_parser("worker", help="run jobs taken from Redis (JOBCAST_REDIS_URL)")
+    work.add_argument(
+        "target", nargs="?", default=DEMO_JOBS, help=f"module:attr (default {DEMO_JOBS})"
+    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.getcwd())
+    if args.command == "worker":
+        _work(args.target)
+        return
+    if args.workers < 1:
+        raise SystemExit("jobcast: --workers must be at least 1")
+    if args.workers > 1 and args.reload:
+        raise SystemExit("jobcast: --reload runs one process; drop --workers or --reload")
+    if args.workers > 1 and _redis_url(load_target(args.target)) is None:
+        raise SystemExit(
+            f"jobcast: --workers {args.workers} would give each process its own jobs and "
+            "streams; set JOBCAST_REDIS_URL so that they share them through Redis, and run "
+            "jobcast worker for the jobs"
+        )
     logging.getLogger("uvicorn.error").addFilter(_StoreErrorWithoutTraceback())
     # Streams hold connections open; past the grace period uvicorn stops waiting for them.
     grace = float(os.environ.get("JOBCAST_GRACE_PERIOD", "5"))
@@ -86,9 +148,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "log_level": args.log_level,
         "timeout_graceful_shutdown": max(1, int(grace) + 1),
     }
-    if args.reload:
+    if args.reload or args.workers > 1:
         os.environ[_TARGET_VARIABLE] = args.target
-        uvicorn.run("jobcast.cli:app_from_environment", factory=True, reload=True, **options)
+        uvicorn.run(
+            "jobcast.cli:app_from_environment",
+            factory=True,
+            reload=args.reload,
+            workers=args.workers,
+            **options,
+        )
     else:
         uvicorn.run(load_app(args.target), **options)
 

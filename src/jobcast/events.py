@@ -8,11 +8,16 @@ from typing import Any
 
 from .jobs import TERMINAL_STATES
 
-__all__ = ["Event", "encode_frame"]
+__all__ = ["Event", "encode_frame", "encode_json"]
 
 _TERMINAL_NAMES = frozenset(state.value for state in TERMINAL_STATES)
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def encode_json(data: dict[str, Any]) -> str:
+    """JSON as every event is encoded: compact, UTF-8 kept, no NaN."""
+    return _dumps(data)
 
 
 def encode_frame(name: str, data: dict[str, Any], seq: int | None = None) -> bytes:
@@ -42,6 +47,21 @@ class Event:
     ) -> Event:
         data = {"seq": seq, "ts": round(ts, 6), **payload}
         return cls(seq, ts, name, job_id, task, encode_frame(name, data, seq))
+
+    @classmethod
+    def from_json(
+        cls, seq: int, ts: float, name: str, *, job_id: str, task: str, payload: str
+    ) -> Event:
+        """The event :meth:`create` makes, from its payload already encoded as a JSON object:
+        ``seq`` and ``ts`` are spliced in front, so events that travel between processes
+        (through Redis) are encoded once by the publisher and never parsed to be sent."""
+        if not (payload.startswith("{") and payload.endswith("}")):
+            raise ValueError(f"payload must be a JSON object, got {payload[:40]!r}")
+        rest = payload[1:]
+        head = f'{{"seq":{seq},"ts":{_dumps(round(ts, 6))}'
+        data = f"{head},{rest}" if rest != "}" else f"{head}}}"
+        frame = f"id: {seq}\nevent: {name}\ndata: {data}\n\n".encode()
+        return cls(seq, ts, name, job_id, task, frame)
 
     @property
     def terminal(self) -> bool:

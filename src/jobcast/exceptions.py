@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailable",
     "CrossOrigin",
     "DuplicateJob",
     "JobCancelled",
@@ -190,3 +191,17 @@ class StoreError(JobcastError):
         self.problem = problem
         self.remedy = remedy
         super().__init__(f"jobcast database {path}: {problem}; {remedy}")
+
+
+class BackendUnavailable(JobcastError):
+    """Raised when Redis, which a scaled-out deployment keeps its jobs in, cannot be reached."""
+
+    retry_after = 2
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(
+            f"Redis at {url} is unreachable ({problem}); jobcast reconnects on its own: "
+            "retry shortly, and check that redis-server is running"
+        )

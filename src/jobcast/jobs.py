@@ -138,6 +138,10 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
+def _from_iso(text: str | None) -> float | None:
+    return None if text is None else datetime.fromisoformat(text).timestamp()
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -162,6 +166,31 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @classmethod
+    def from_snapshot(cls, data: dict[str, Any]) -> Job:
+        """The job a :meth:`snapshot` shows (sequence numbers are the reader's to set)."""
+        progress, error = data["progress"], data["error"]
+        return cls(
+            task=data["task"],
+            params=data["params"],
+            id=data["id"],
+            state=JobState(data["state"]),
+            progress=None
+            if progress is None
+            else Progress(
+                progress["current"],
+                progress["total"],
+                progress["message"],
+                progress["rate"],
+                progress["elapsed_s"],
+            ),
+            created_at=_from_iso(data["created_at"]) or 0.0,
+            started_at=_from_iso(data["started_at"]),
+            finished_at=_from_iso(data["finished_at"]),
+            result=data["result"],
+            error=None if error is None else JobError(error["type"], error["message"]),
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """The job as clients see it (the contract's job snapshot)."""

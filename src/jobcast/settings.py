@@ -20,6 +20,7 @@ __all__ = ["Settings"]
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
 _MIN_TOKEN_LENGTH = 16
 _ORIGIN = re.compile(r"https?://[^/?#\s]+")
+_REDIS_URL = re.compile(r"(rediss?|unix)://")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -42,6 +43,10 @@ def _parse_optional_float(raw: str) -> float | None:
     return None if raw.strip().lower() in {"", "none", "off"} else float(raw)
 
 
+def _parse_optional_str(raw: str) -> str | None:
+    return raw.strip() or None
+
+
 # Field types as written (annotations are strings here) to the parser of an environment value.
 _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "int": int,
@@ -50,7 +55,11 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "bool": _parse_bool,
     "tuple[str, ...]": _parse_list,
     "float | None": _parse_optional_float,
+    "str | None": _parse_optional_str,
 }
+
+#: What to give for a text setting left empty.
+_WHAT = {"db": "give a file path or ':memory:'", "redis_prefix": "give a name such as 'jobcast'"}
 
 #: Fields whose value is a secret: never shown by ``repr`` nor echoed in an error.
 _SECRET = frozenset({"token"})
@@ -113,6 +122,13 @@ class Settings:
     stream_send_timeout: float | None = 30.0
     """Seconds a stream write may wait on a client that stopped reading before that client is
     dropped (it can resume with its last id); ``None`` never drops one."""
+    redis_url: str | None = None
+    """Keep jobs and events in Redis (``redis://host:port/db``) instead of the SQLite file, so
+    several API processes and ``jobcast worker`` processes on any machine share them."""
+    redis_prefix: str = "jobcast"
+    """The prefix of every Redis key, so several deployments can share one Redis."""
+    heartbeat_timeout: float = 10.0
+    """Seconds a worker may stay silent before it counts as dead and its jobs are taken back."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -121,15 +137,19 @@ class Settings:
             if kind == "tuple[str, ...]":
                 object.__setattr__(self, field.name, _as_tuple(field.name, value))
             elif kind == "str":
-                if not value:
-                    raise ValueError(
-                        f"{field.name} must not be empty; give a file path or ':memory:'"
-                    )
+                if not value or not isinstance(value, str):
+                    raise ValueError(f"{field.name} must not be empty; {_WHAT[field.name]}")
             elif kind == "bool":
                 if not isinstance(value, bool):
                     raise ValueError(f"{field.name} must be True or False, got {value!r}")
             elif value is None and kind.endswith("| None"):
                 continue
+            elif kind == "str | None":
+                if not isinstance(value, str) or not _REDIS_URL.match(value):
+                    raise ValueError(
+                        f"{field.name} must be a Redis URL such as redis://localhost:6379/0 "
+                        f"(or rediss://, unix://), got {value!r}"
+                    )
             elif not value > 0 or value == math.inf:  # also refuses NaN
                 raise ValueError(f"{field.name} must be positive and finite, got {value!r}")
         self._check_tokens()

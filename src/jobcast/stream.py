@@ -30,7 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 from ._limits import Slot, StreamSlots, client_key
 from .eventlog import EventLog, Gap
 from .events import Event, encode_frame
-from .runner import Runner
+from .service import Service
 
 __all__ = ["EventStream", "all_jobs_stream", "job_stream", "last_event_id"]
 
@@ -253,7 +253,7 @@ def _retry_frame(retry_ms: int) -> bytes:
 
 
 def _open(
-    streams: StreamSlots | None, request: Request, runner: Runner, frames: AsyncIterator[bytes]
+    streams: StreamSlots | None, request: Request, runner: Service, frames: AsyncIterator[bytes]
 ) -> EventStream:
     grace = runner.settings.grace_period + 1
     if streams is None:
@@ -264,7 +264,7 @@ def _open(
 
 
 def all_jobs_stream(
-    runner: Runner, request: Request, task: str | None, streams: StreamSlots | None = None
+    runner: Service, request: Request, task: str | None, streams: StreamSlots | None = None
 ) -> Response:
     """``GET /api/events``: a snapshot (or a replay after the client's id), then live.
 
@@ -297,7 +297,7 @@ def all_jobs_stream(
 
 
 def job_stream(
-    runner: Runner, request: Request, job_id: str, streams: StreamSlots | None = None
+    runner: Service, request: Request, job_id: str, streams: StreamSlots | None = None
 ) -> Response:
     """``GET /api/jobs/{id}/events``: the job's retained history, then live, then the end.
 

@@ -1,0 +1,301 @@
+"""What every process of a Redis deployment shares: the key names and the one Lua script
+through which every change to a job goes.
+
+Layout, under a prefix (``jobcast`` by default):
+
+``{p}:seq``
+    the last event id handed out (``INCR``; started from the clock in microseconds, so ids
+    still increase if Redis ever loses its data).
+``{p}:events``
+    the event log, a stream whose entry ids are ``<seq>-0``: SSE ids are global and increasing.
+``{p}:job:<id>``
+    a hash: ``state``, ``snap`` (the job's snapshot as JSON), ``worker`` (the consumer that
+    runs it), ``twin`` (its duplicate-check key), ``cancel`` (asked to stop).
+``{p}:jobs``
+    a sorted set of job ids by their first event id: the table an API process loads at start.
+``{p}:waiting``
+    the set of queued job ids, whose size the queue limit checks.
+``{p}:queue``
+    the job queue, a stream read by the consumer group ``workers``.
+``{p}:twin:<task>:<digest>``
+    the id of the active job of a task that refuses or joins duplicates.
+``{p}:worker:<name>``
+    a worker's heartbeat: it expires ``heartbeat_timeout`` after the worker last spoke.
+``{p}:cancel``
+    the pub/sub channel on which cancels reach the workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+
+from ..events import Event, encode_json
+from ..jobs import Job
+
+__all__ = ["GROUP", "Change", "Keys", "Refused", "Scripts", "connect", "decode_event"]
+
+#: The consumer group of the job queue: every worker reads through it.
+GROUP = "workers"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The names of a deployment's keys."""
+
+    prefix: str
+
+    @property
+    def seq(self) -> str:
+        return f"{self.prefix}:seq"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def waiting(self) -> str:
+        return f"{self.prefix}:waiting"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}:queue"
+
+    @property
+    def cancel(self) -> str:
+        return f"{self.prefix}:cancel"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    def twin(self, task: str, params: Mapping[str, Any]) -> str:
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:32]
+        return f"{self.prefix}:twin:{task}:{digest}"
+
+
+def connect(url: str) -> Redis:
+    """A client for ``url`` that answers strings and notices a dead connection in time."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=15,
+        retry_on_timeout=False,
+    )
+
+
+# One script makes every change to a job, so the checks and the change are one atomic step:
+# a cancel and a worker's start cannot both win; a worker taken for dead cannot publish for a
+# job another worker now owns; nothing is ever published for a finished job.
+_CHANGE = """
+local TERMINAL = {succeeded=true, failed=true, cancelled=true, interrupted=true}
+local seq_key, events, job, waiting, jobs, queue, twin = unpack(KEYS)
+local id, task, name, ts, data, state, snap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+    ARGV[6], ARGV[7]
+local expect_state, expect_worker, set_worker, enqueue = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local max_events, retain_s, create, max_queue, prefix = ARGV[12], ARGV[13], ARGV[14],
+    ARGV[15], ARGV[16]
+
+local current = redis.call('HMGET', job, 'state', 'worker')
+if create == '1' then
+    if current[1] then return {0, 'exists'} end
+    if twin ~= '' then
+        local other = redis.call('GET', twin)
+        if other then
+            return {0, 'twin', other, redis.call('HGET', prefix .. ':job:' .. other, 'snap') or ''}
+        end
+    end
+    if redis.call('SCARD', waiting) >= tonumber(max_queue) then return {0, 'full'} end
+else
+    if not current[1] then return {0, 'gone'} end
+    if TERMINAL[current[1]] then return {0, 'finished'} end
+    if expect_state ~= '' and current[1] ~= expect_state then return {0, current[1]} end
+    if expect_worker ~= '' and current[2] ~= expect_worker then return {0, 'owner'} end
+end
+
+if redis.call('EXISTS', seq_key) == 0 then
+    local now = redis.call('TIME')
+    redis.call('SET', seq_key, now[1] .. string.format('%06d', tonumber(now[2])))
+end
+local seq = string.format('%d', redis.call('INCR', seq_key))
+redis.call('XADD', events, 'MAXLEN', '~', max_events, seq .. '-0',
+    'n', name, 'j', id, 't', task, 'ts', ts, 'd', data)
+redis.call('HSET', job, 'last', seq)
+if create == '1' then
+    redis.call('HSET', job, 'first', seq, 'task', task, 'twin', twin)
+    redis.call('ZADD', jobs, seq, id)
+    if twin ~= '' then redis.call('SET', twin, id) end
+end
+if state ~= '' then
+    redis.call('HSET', job, 'state', state, 'snap', snap)
+    if set_worker ~= '-' then redis.call('HSET', job, 'worker', set_worker) end
+    if state == 'queued' then
+        redis.call('SADD', waiting, id)
+    else
+        redis.call('SREM', waiting, id)
+    end
+    if TERMINAL[state] then
+        local mine = redis.call('HGET', job, 'twin')
+        if mine and mine ~= '' and redis.call('GET', mine) == id then redis.call('DEL', mine) end
+        redis.call('HDEL', job, 'cancel')
+        redis.call('EXPIRE', job, retain_s)
+    end
+end
+if enqueue ~= '' then
+    redis.call('XADD', queue, '*', 'j', id, 's', enqueue)
+end
+return {1, seq}
+"""
+
+# Starts a fresh deployment's ids from the clock, as the change script would.
+_INIT_SEQ = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+    local now = redis.call('TIME')
+    redis.call('SET', KEYS[1], now[1] .. string.format('%06d', tonumber(now[2])))
+end
+return redis.call('GET', KEYS[1])
+"""
+
+
+class Refused(Exception):
+    """A change's checks failed: the job was not in the state or hands the change expected."""
+
+    def __init__(self, reason: str, twin: str = "", twin_snapshot: str = "") -> None:
+        self.reason = reason
+        self.twin = twin
+        self.twin_snapshot = twin_snapshot
+        super().__init__(reason)
+
+
+@dataclass(slots=True, frozen=True)
+class Change:
+    """One event about a job, encoded when made, and the change to the job's record that goes
+    with it.
+
+    Snapshot events (a state, or ``progress``) set the record's state and snapshot; ``log``
+    events change nothing but the log. The checks: ``expect_state`` and ``expect_worker`` must
+    match the record; ``create`` makes the record (refused for a duplicate, ``twin``, or a full
+    queue). ``set_worker`` hands the job to a worker (``""``: to none); ``enqueue`` puts it on
+    the job queue.
+    """
+
+    job_id: str
+    task: str
+    name: str
+    data: str
+    state: str = ""
+    snapshot: str = ""
+    expect_state: str = ""
+    expect_worker: str = ""
+    set_worker: str | None = None
+    enqueue: bool = False
+    create: bool = False
+    twin: str = ""
+
+    @classmethod
+    def of(cls, job: Job, name: str, **checks: Any) -> Change:
+        """Event ``name`` with the job's snapshot as it is now."""
+        snapshot = encode_json(job.snapshot())
+        return cls(
+            job.id, job.task, name, f'{{"job":{snapshot}}}', job.state.value, snapshot, **checks
+        )
+
+    @classmethod
+    def line(cls, job: Job, line: str) -> Change:
+        """A ``log`` event."""
+        return cls(job.id, job.task, "log", encode_json({"job_id": job.id, "line": line}))
+
+
+class Scripts:
+    """The deployment's scripts, bound to its keys and limits."""
+
+    def __init__(
+        self, redis: Redis, keys: Keys, *, max_events: int, retain_s: int, max_queue: int
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._limits = (str(max_events), str(retain_s), str(max_queue))
+        self._change: AsyncScript = redis.register_script(_CHANGE)
+        self._init_seq: AsyncScript = redis.register_script(_INIT_SEQ)
+
+    async def last_seq(self) -> int:
+        """The newest event id handed out (starting the ids of a fresh deployment)."""
+        return int(await self._init_seq(keys=[self.keys.seq]))
+
+    async def apply(self, change: Change, pipe: Pipeline | None = None) -> int:
+        """Make ``change`` and publish its event; return the event id.
+
+        Raises :class:`Refused` when a check fails. With ``pipe``, the call is only queued
+        there, and :meth:`result` reads its answer once the pipeline ran.
+        """
+        keys = self.keys
+        max_events, retain_s, max_queue = self._limits
+        answer = await self._change(
+            keys=[
+                keys.seq,
+                keys.events,
+                keys.job(change.job_id),
+                keys.waiting,
+                keys.jobs,
+                keys.queue,
+                change.twin,
+            ],
+            args=[
+                change.job_id,
+                change.task,
+                change.name,
+                repr(time.time()),
+                change.data,
+                change.state,
+                change.snapshot,
+                change.expect_state,
+                change.expect_worker,
+                "-" if change.set_worker is None else change.set_worker,
+                change.snapshot if change.enqueue else "",
+                max_events,
+                retain_s,
+                "1" if change.create else "0",
+                max_queue,
+                keys.prefix,
+            ],
+            client=pipe,
+        )
+        return self.result(answer) if pipe is None else 0
+
+    @staticmethod
+    def result(answer: Any) -> int:
+        """The event id of one change's answer, or :class:`Refused`."""
+        if isinstance(answer, Exception):
+            raise answer
+        ok, *rest = answer
+        if not ok:
+            raise Refused(*rest)
+        return int(rest[0])
+
+
+def decode_event(entry_id: str, fields: Mapping[str, str]) -> Event:
+    """The event a stream entry holds, encoded for the wire."""
+    return Event.from_json(
+        int(entry_id.partition("-")[0]),
+        float(fields["ts"]),
+        fields["n"],
+        job_id=fields["j"],
+        task=fields["t"],
+        payload=fields["d"],
+    )

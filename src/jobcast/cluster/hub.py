@@ -1,0 +1,277 @@
+"""An API process of a Redis deployment: it starts and cancels jobs through Redis, and follows
+the event stream into its own event log and job table, which its streams read.
+
+Each API process reads every event from Redis once (``XREAD BLOCK``), encodes nothing again
+(:meth:`~jobcast.events.Event.from_json`), and fans out through the same cursors as a single
+process does. The job table is rebuilt from the snapshots the events carry, so it and the log
+always stand at the same event: a stream's first snapshot and what follows never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError, TimeoutError
+
+from .._execution import Outcome, finish
+from ..eventlog import EventLog
+from ..exceptions import (
+    BackendUnavailable,
+    DuplicateJob,
+    JobFinished,
+    NotAccepting,
+    QueueFull,
+    UnknownJob,
+)
+from ..jobs import Job, JobState
+from ..runner import Submitted, evict, newest, snapshot
+from ..settings import Settings
+from ..tasks import TaskRegistry
+from ._redis import Change, Keys, Refused, Scripts, decode_event
+from .reaper import Reaper
+
+__all__ = ["Hub"]
+
+logger = logging.getLogger("jobcast")
+
+#: Events read from Redis in one go: a burst batches, and catching up stays responsive.
+_READ_COUNT = 2000
+#: How long a request waits for its own change to come back through the event stream.
+_ECHO_TIMEOUT = 5.0
+_REDIS_DOWN = (ConnectionError, TimeoutError, OSError)
+
+
+class Hub:
+    """The service an API process offers (see :class:`~jobcast.runner.Runner`), on Redis."""
+
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        log: EventLog,
+        settings: Settings,
+        redis: Redis,
+        *,
+        after: int,
+    ) -> None:
+        self.registry = registry
+        self.log = log
+        self.settings = settings
+        self.jobs: dict[str, Job] = {}  # in creation order
+        self._redis = redis
+        self._keys = Keys(settings.redis_prefix)
+        self._scripts = Scripts(
+            redis,
+            self._keys,
+            max_events=settings.retain_events,
+            retain_s=int(settings.retain_days * 86400),
+            max_queue=settings.max_queue,
+        )
+        self._after = after  # the newest event loaded
+        self._url = str(settings.redis_url)
+        self._accepting = True
+
+    # -- starting ------------------------------------------------------------------------------
+
+    @classmethod
+    async def load(cls, registry: TaskRegistry, settings: Settings, redis: Redis) -> Hub:
+        """Load the jobs and the newest events from Redis; :meth:`start` follows on.
+
+        Raises :class:`~jobcast.BackendUnavailable` when Redis cannot be reached.
+        """
+        keys = Keys(settings.redis_prefix)
+        try:
+            last = await Scripts(redis, keys, max_events=1, retain_s=1, max_queue=1).last_seq()
+            async with redis.pipeline(transaction=True) as pipe:  # one moment in time
+                pipe.xrevrange(keys.events, count=settings.event_buffer)
+                pipe.zrevrange(keys.jobs, 0, settings.max_jobs - 1)
+                entries, ids = await pipe.execute()
+            rows = []
+            if ids:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for job_id in ids:
+                        pipe.hmget(keys.job(job_id), "snap", "first", "last")
+                    rows = await pipe.execute()
+        except _REDIS_DOWN as exc:
+            raise BackendUnavailable(str(settings.redis_url), str(exc)) from exc
+        events = [decode_event(entry_id, fields) for entry_id, fields in reversed(entries)]
+        start = events[-1].seq if events else last
+        log = EventLog(
+            maxlen=settings.event_buffer, next_seq=(events[0].seq if events else start + 1)
+        )
+        log.extend(events)
+        hub = cls(registry, log, settings, redis, after=start)
+        gone = []
+        for job_id, (snap, first, last_seq) in zip(reversed(ids), reversed(rows), strict=True):
+            if snap is None:
+                gone.append(job_id)  # finished long ago: its record expired
+                continue
+            job = Job.from_snapshot(json.loads(snap))
+            job.first_seq, job.last_seq = int(first), int(last_seq)
+            hub.jobs[job.id] = job
+        if gone:
+            await redis.zrem(keys.jobs, *gone)
+        return hub
+
+    def start(self, task_group: TaskGroup) -> Hub:
+        """Follow the event stream, and take back the jobs of dead workers, in ``task_group``."""
+        task_group.start_soon(self._follow, self._after, name="jobcast redis events")
+        reaper = Reaper(self._redis, self.settings, self.registry, self._scripts)
+        task_group.start_soon(reaper.run, name="jobcast reaper")
+        return self
+
+    # -- the public operations -----------------------------------------------------------------
+
+    async def submit(self, task_name: str, params: object) -> Submitted:
+        """Validate ``params`` and queue a job of ``task_name`` for the workers.
+
+        Raises what :meth:`Runner.submit <jobcast.runner.Runner.submit>` raises, and
+        :class:`~jobcast.BackendUnavailable` when Redis cannot be reached. The duplicate check
+        and the queue limit hold across every API process: Redis makes them in one step.
+        """
+        if not self._accepting:
+            raise NotAccepting("the server is shutting down")
+        task = self.registry.get(task_name)
+        values = task.validate(params)
+        job = Job(task=task.name, params=values, created_at=time.time())
+        twin = self._keys.twin(task.name, values) if task.duplicates != "allow" else ""
+        change = Change.of(
+            job, JobState.QUEUED.value, create=True, enqueue=True, twin=twin, set_worker=""
+        )
+        try:
+            seq = await self._apply(change)
+        except Refused as refused:
+            if refused.reason == "full":
+                raise QueueFull(self.settings.max_queue, retry_after=5) from None
+            if refused.reason != "twin":
+                raise
+            other = Job.from_snapshot(json.loads(refused.twin_snapshot))
+            if task.duplicates == "join":
+                await self._caught_up(other.last_seq)
+                return Submitted(self.jobs.get(other.id, other), created=False)
+            raise DuplicateJob(other.id, task.name, other.snapshot()) from None
+        await self._caught_up(seq)
+        return Submitted(self.jobs.get(job.id, job), created=True)
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise UnknownJob(job_id) from None
+
+    def newest(
+        self, *, state: JobState | None = None, task: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Jobs, newest first, optionally of one state and one task."""
+        return newest(self.jobs, state=state, task=task, limit=limit)
+
+    def snapshot(self, task: str | None = None) -> list[dict[str, Any]]:
+        """Every active job and the newest finished ones, newest first, as clients see them."""
+        return snapshot(self.jobs, task=task, finished=self.settings.snapshot_jobs)
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job at once, or ask the worker running it to stop.
+
+        Raises :class:`~jobcast.UnknownJob`, :class:`~jobcast.JobFinished` or
+        :class:`~jobcast.BackendUnavailable`.
+        """
+        job = await self._find(job_id)
+        if job.finished:
+            raise JobFinished(job.id, job.state.value)
+        if job.state is JobState.QUEUED:
+            cancelled = Job.from_snapshot(job.snapshot())
+            finish(cancelled, Outcome(JobState.CANCELLED))
+            change = Change.of(cancelled, JobState.CANCELLED.value, expect_state="queued")
+            try:
+                await self._caught_up(await self._apply(change))
+                return self.jobs.get(job.id, cancelled)
+            except Refused as refused:
+                if refused.reason in ("finished", "gone"):
+                    raise JobFinished(job.id, "finished") from None
+                # A worker started it meanwhile: ask that worker.
+        key = self._keys.job(job.id)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, "cancel", "1")
+                pipe.publish(self._keys.cancel, job.id)
+                await pipe.execute()
+        except _REDIS_DOWN as exc:
+            raise BackendUnavailable(self._url, str(exc)) from exc
+        return job
+
+    async def shutdown(self) -> None:
+        """Stop accepting jobs. Jobs run on the workers, which go on."""
+        self._accepting = False
+
+    # -- following the event stream ------------------------------------------------------------
+
+    async def _follow(self, after: int) -> None:
+        down_since: float | None = None
+        while True:
+            try:
+                answer: Any = await self._redis.xread(
+                    {self._keys.events: f"{after}-0"}, count=_READ_COUNT, block=1000
+                )
+            except _REDIS_DOWN as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    logger.error(
+                        "lost Redis at %s (%s); streams go on and catch up once it is back",
+                        self._url,
+                        exc,
+                    )
+                await anyio.sleep(0.5)
+                continue
+            if down_since is not None:
+                logger.warning(
+                    "Redis at %s is back after %.1f s", self._url, time.monotonic() - down_since
+                )
+                down_since = None
+            for _, entries in answer:
+                after = self._apply_entries(entries)
+
+    def _apply_entries(self, entries: list[tuple[str, dict[str, str]]]) -> int:
+        events = [decode_event(entry_id, fields) for entry_id, fields in entries]
+        jobs = self.jobs
+        for event, (_, fields) in zip(events, entries, strict=True):
+            if event.name == "log":
+                continue
+            job = Job.from_snapshot(json.loads(fields["d"])["job"])
+            known = jobs.get(job.id)
+            job.first_seq = known.first_seq if known is not None else event.seq
+            job.last_seq = event.seq
+            jobs[job.id] = job
+        self.log.extend(events)
+        evict(jobs, self.settings.max_jobs)
+        return events[-1].seq
+
+    async def _caught_up(self, seq: int) -> None:
+        """Wait until the event stream has brought ``seq`` here, so what the caller reads
+        next (the job table, a stream) already shows its own change."""
+        with anyio.move_on_after(_ECHO_TIMEOUT):
+            while self.log.last_seq < seq and not self.log.closed:
+                await self.log.wait(self.log.last_seq)
+
+    async def _apply(self, change: Change) -> int:
+        try:
+            return await self._scripts.apply(change)
+        except _REDIS_DOWN as exc:
+            raise BackendUnavailable(self._url, str(exc)) from exc
+
+    async def _find(self, job_id: str) -> Job:
+        """A job of the table, or of Redis when it was started elsewhere a moment ago."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job
+        try:
+            snap = await self._redis.hget(self._keys.job(job_id), "snap")
+        except _REDIS_DOWN as exc:
+            raise BackendUnavailable(self._url, str(exc)) from exc
+        if snap is None:
+            raise UnknownJob(job_id)
+        return Job.from_snapshot(json.loads(snap))

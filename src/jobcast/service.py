@@ -1,0 +1,37 @@
+"""What the API and the streams need from a running service, whichever runs the jobs."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .eventlog import EventLog
+from .jobs import Job, JobState
+from .runner import Submitted
+from .settings import Settings
+from .tasks import TaskRegistry
+
+__all__ = ["Service"]
+
+
+class Service(Protocol):
+    """A :class:`~jobcast.runner.Runner` (one process runs its own jobs) or a
+    :class:`~jobcast.cluster.hub.Hub` (workers run them, Redis connects the processes)."""
+
+    registry: TaskRegistry
+    settings: Settings
+    log: EventLog
+    jobs: dict[str, Job]
+
+    async def submit(self, task_name: str, params: object) -> Submitted: ...
+
+    async def cancel(self, job_id: str) -> Job: ...
+
+    def get(self, job_id: str) -> Job: ...
+
+    def newest(
+        self, *, state: JobState | None = None, task: str | None = None, limit: int = 100
+    ) -> list[Job]: ...
+
+    def snapshot(self, task: str | None = None) -> list[dict[str, Any]]: ...
+
+    async def shutdown(self) -> None: ...
