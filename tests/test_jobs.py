@@ -254,3 +254,19 @@ def test_states_are_their_wire_names() -> None:
         "interrupted",
     ]
     assert JobState("cancelled") is JobState.CANCELLED
+
+
+def test_a_job_read_back_from_its_snapshot_shows_the_same_snapshot() -> None:
+    job = Job(
+        task="crunch",
+        params={"n": 3, "label": "é"},
+        state=JobState.FAILED,
+        progress=Progress(3, 10, "step", 1.5, 2.25),
+        created_at=1795607798.123456,
+        started_at=1795607799.5,
+        finished_at=1795607801.000001,
+        error=JobError("ValueError", "bad"),
+    )
+    again = Job.from_snapshot(job.snapshot())
+    assert again.snapshot() == job.snapshot()
+    assert again.id == job.id and again.state is JobState.FAILED

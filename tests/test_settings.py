@@ -123,3 +123,14 @@ def test_settings_are_frozen() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.max_workers = 8  # type: ignore[misc]
+
+
+def test_redis_url_must_be_a_redis_url() -> None:
+    assert Settings.from_env({"JOBCAST_REDIS_URL": "redis://localhost:6379/0"}).redis_url == (
+        "redis://localhost:6379/0"
+    )
+    assert Settings.from_env({"JOBCAST_REDIS_URL": ""}).redis_url is None
+    with pytest.raises(ValueError, match="must be a Redis URL"):
+        Settings(redis_url="localhost:6379")
+    with pytest.raises(ValueError, match="redis_prefix must not be empty"):
+        Settings(redis_prefix="")

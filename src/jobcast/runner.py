@@ -29,7 +29,7 @@ from .settings import Settings
 from .store import Store, WriteFailure
 from .tasks import TaskRegistry
 
-__all__ = ["LocalPublisher", "Runner", "Submitted"]
+__all__ = ["JobTable", "LocalPublisher", "Runner", "Submitted"]
 
 
 class Submitted(NamedTuple):
@@ -60,7 +60,59 @@ class LocalPublisher:
             self._store.record(event, job)
 
 
-class Runner:
+class JobTable:
+    """The jobs a service knows, in creation order, and the reads the API makes of them."""
+
+    settings: Settings
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise UnknownJob(job_id) from None
+
+    def newest(
+        self, *, state: JobState | None = None, task: str | None = None, limit: int = 100
+    ) -> list[Job]:
+        """Jobs, newest first, optionally of one state and one task."""
+        found: list[Job] = []
+        for job in reversed(self.jobs.values()):
+            if (state is None or job.state is state) and (task is None or job.task == task):
+                found.append(job)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def snapshot(self, task: str | None = None) -> list[dict[str, Any]]:
+        """Every active job and the newest finished ones, newest first, as clients see them."""
+        finished_left = self.settings.snapshot_jobs
+        found: list[dict[str, Any]] = []
+        for job in reversed(self.jobs.values()):
+            if task is not None and job.task != task:
+                continue
+            if job.finished:
+                if finished_left == 0:
+                    continue
+                finished_left -= 1
+            found.append(job.snapshot())
+        return found
+
+    def evict(self) -> list[str]:
+        """Drop the oldest finished jobs past ``max_jobs``; return their ids."""
+        excess = len(self.jobs) - self.settings.max_jobs
+        if excess <= 0:
+            return []
+        finished = (job.id for job in self.jobs.values() if job.finished)
+        gone = list(itertools.islice(finished, excess))
+        for job_id in gone:
+            del self.jobs[job_id]
+        return gone
+
+
+class Runner(JobTable):
     """Queues jobs, runs them within the limits, and publishes everything they do."""
 
     def __init__(
@@ -71,13 +123,13 @@ class Runner:
         settings: Settings,
         task_group: TaskGroup,
     ) -> None:
+        super().__init__()
         self.registry = registry
         self.log = log
         self.settings = settings
         self._store = store
         self._publisher = LocalPublisher(log, store)
         self._execution = Execution(settings, task_group, self._publisher, self._ended)
-        self.jobs: dict[str, Job] = {}  # in creation order
         self._queue: deque[Job] = deque()
         self._accepting = True
         self._stopped = anyio.Event()
@@ -121,18 +173,6 @@ class Runner:
                 return job
         return None
 
-    def get(self, job_id: str) -> Job:
-        try:
-            return self.jobs[job_id]
-        except KeyError:
-            raise UnknownJob(job_id) from None
-
-    def newest(
-        self, *, state: JobState | None = None, task: str | None = None, limit: int = 100
-    ) -> list[Job]:
-        """Jobs, newest first, optionally of one state and one task."""
-        return newest(self.jobs, state=state, task=task, limit=limit)
-
     async def cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once, or ask a running one to stop.
 
@@ -147,10 +187,6 @@ class Runner:
         else:
             self._execution.cancel(job.id)
         return job
-
-    def snapshot(self, task: str | None = None) -> list[dict[str, Any]]:
-        """Every active job and the newest finished ones, newest first, as clients see them."""
-        return snapshot(self.jobs, task=task, finished=self.settings.snapshot_jobs)
 
     def restore(self, jobs: list[Job]) -> None:
         """Take back jobs a durable store kept, oldest first: queued ones run again.
@@ -258,46 +294,6 @@ class Runner:
         self._publisher.lines(job, [f"queued again, to run from the start: {reason}"])
 
     def _evict(self) -> None:
-        gone = evict(self.jobs, self.settings.max_jobs)
+        gone = self.evict()
         if gone:
             self._store.forget(gone)
-
-
-def newest(
-    jobs: dict[str, Job], *, state: JobState | None, task: str | None, limit: int
-) -> list[Job]:
-    """Jobs of a table kept in creation order, newest first, of one state and one task."""
-    found: list[Job] = []
-    for job in reversed(jobs.values()):
-        if (state is None or job.state is state) and (task is None or job.task == task):
-            found.append(job)
-            if len(found) >= limit:
-                break
-    return found
-
-
-def snapshot(jobs: dict[str, Job], *, task: str | None, finished: int) -> list[dict[str, Any]]:
-    """Every active job of a table and the newest ``finished`` finished ones, newest first."""
-    finished_left = finished
-    found: list[dict[str, Any]] = []
-    for job in reversed(jobs.values()):
-        if task is not None and job.task != task:
-            continue
-        if job.finished:
-            if finished_left == 0:
-                continue
-            finished_left -= 1
-        found.append(job.snapshot())
-    return found
-
-
-def evict(jobs: dict[str, Job], max_jobs: int) -> list[str]:
-    """Drop the oldest finished jobs of a table past ``max_jobs``; return their ids."""
-    excess = len(jobs) - max_jobs
-    if excess <= 0:
-        return []
-    finished = (job.id for job in jobs.values() if job.finished)
-    gone = list(itertools.islice(finished, excess))
-    for job_id in gone:
-        del jobs[job_id]
-    return gone

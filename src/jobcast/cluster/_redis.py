@@ -40,6 +40,7 @@ from redis.commands.core import AsyncScript
 
 from ..events import Event, encode_json
 from ..jobs import Job
+from ..settings import Settings
 
 __all__ = ["GROUP", "Change", "Keys", "Refused", "Scripts", "connect", "decode_event"]
 
@@ -233,6 +234,16 @@ class Scripts:
         self._limits = (str(max_events), str(retain_s), str(max_queue))
         self._change: AsyncScript = redis.register_script(_CHANGE)
         self._init_seq: AsyncScript = redis.register_script(_INIT_SEQ)
+
+    @classmethod
+    def for_settings(cls, redis: Redis, settings: Settings) -> Scripts:
+        return cls(
+            redis,
+            Keys(settings.redis_prefix),
+            max_events=settings.retain_events,
+            retain_s=max(1, int(settings.retain_days * 86400)),
+            max_queue=settings.max_queue,
+        )
 
     async def last_seq(self) -> int:
         """The newest event id handed out (starting the ids of a fresh deployment)."""

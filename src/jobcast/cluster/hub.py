@@ -30,7 +30,7 @@ from ..exceptions import (
     UnknownJob,
 )
 from ..jobs import Job, JobState
-from ..runner import Submitted, evict, newest, snapshot
+from ..runner import JobTable, Submitted
 from ..settings import Settings
 from ..tasks import TaskRegistry
 from ._redis import Change, Keys, Refused, Scripts, decode_event
@@ -47,7 +47,7 @@ _ECHO_TIMEOUT = 5.0
 _REDIS_DOWN = (ConnectionError, TimeoutError, OSError)
 
 
-class Hub:
+class Hub(JobTable):
     """The service an API process offers (see :class:`~jobcast.runner.Runner`), on Redis."""
 
     def __init__(
@@ -59,19 +59,13 @@ class Hub:
         *,
         after: int,
     ) -> None:
+        super().__init__()
         self.registry = registry
         self.log = log
         self.settings = settings
-        self.jobs: dict[str, Job] = {}  # in creation order
         self._redis = redis
-        self._keys = Keys(settings.redis_prefix)
-        self._scripts = Scripts(
-            redis,
-            self._keys,
-            max_events=settings.retain_events,
-            retain_s=int(settings.retain_days * 86400),
-            max_queue=settings.max_queue,
-        )
+        self._scripts = Scripts.for_settings(redis, settings)
+        self._keys = self._scripts.keys
         self._after = after  # the newest event loaded
         self._url = str(settings.redis_url)
         self._accepting = True
@@ -86,7 +80,7 @@ class Hub:
         """
         keys = Keys(settings.redis_prefix)
         try:
-            last = await Scripts(redis, keys, max_events=1, retain_s=1, max_queue=1).last_seq()
+            last = await Scripts.for_settings(redis, settings).last_seq()
             async with redis.pipeline(transaction=True) as pipe:  # one moment in time
                 pipe.xrevrange(keys.events, count=settings.event_buffer)
                 pipe.zrevrange(keys.jobs, 0, settings.max_jobs - 1)
@@ -157,22 +151,6 @@ class Hub:
             raise DuplicateJob(other.id, task.name, other.snapshot()) from None
         await self._caught_up(seq)
         return Submitted(self.jobs.get(job.id, job), created=True)
-
-    def get(self, job_id: str) -> Job:
-        try:
-            return self.jobs[job_id]
-        except KeyError:
-            raise UnknownJob(job_id) from None
-
-    def newest(
-        self, *, state: JobState | None = None, task: str | None = None, limit: int = 100
-    ) -> list[Job]:
-        """Jobs, newest first, optionally of one state and one task."""
-        return newest(self.jobs, state=state, task=task, limit=limit)
-
-    def snapshot(self, task: str | None = None) -> list[dict[str, Any]]:
-        """Every active job and the newest finished ones, newest first, as clients see them."""
-        return snapshot(self.jobs, task=task, finished=self.settings.snapshot_jobs)
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once, or ask the worker running it to stop.
@@ -247,7 +225,7 @@ class Hub:
             job.last_seq = event.seq
             jobs[job.id] = job
         self.log.extend(events)
-        evict(jobs, self.settings.max_jobs)
+        self.evict()
         return events[-1].seq
 
     async def _caught_up(self, seq: int) -> None:

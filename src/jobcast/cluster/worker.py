@@ -31,7 +31,7 @@ from ..events import encode_json
 from ..jobs import Job, JobError, JobState
 from ..settings import Settings
 from ..tasks import TaskRegistry
-from ._redis import GROUP, Change, Keys, Refused, Scripts, connect
+from ._redis import GROUP, Change, Refused, Scripts, connect
 from .reaper import Reaper
 
 __all__ = ["RedisPublisher", "Worker", "serve_worker"]
@@ -135,14 +135,8 @@ class Worker:
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._redis = redis
-        self._keys = Keys(settings.redis_prefix)
-        self._scripts = Scripts(
-            redis,
-            self._keys,
-            max_events=settings.retain_events,
-            retain_s=int(settings.retain_days * 86400),
-            max_queue=settings.max_queue,
-        )
+        self._scripts = Scripts.for_settings(redis, settings)
+        self._keys = self._scripts.keys
         self._publisher = RedisPublisher(self._scripts, self.name, self._taken_back)
         self._entries: dict[str, str] = {}  # job id -> its queue entry
         self._held: deque[Job] = deque()  # taken, waiting for a slot of their task
