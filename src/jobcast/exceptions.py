@@ -202,6 +202,6 @@ class BackendUnavailable(JobcastError):
         self.url = url
         self.problem = problem
         super().__init__(
-            f"Redis at {url} is unreachable ({problem}); jobcast reconnects on its own: "
-            "retry shortly, and check that redis-server is running"
+            f"Redis at {url} is unreachable ({problem}); check that redis-server runs there "
+            "(JOBCAST_REDIS_URL), then retry"
         )

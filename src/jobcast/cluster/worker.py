@@ -28,6 +28,7 @@ from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from .._execution import Execution, Outcome, Run, finish, requeue
 from ..events import encode_json
+from ..exceptions import BackendUnavailable
 from ..jobs import Job, JobError, JobState
 from ..settings import Settings
 from ..tasks import TaskRegistry
@@ -155,7 +156,7 @@ class Worker:
 
     async def run(self) -> None:
         """Run jobs until :meth:`stop`, then drain and return."""
-        await self._join()
+        await self.join()
         async with anyio.create_task_group() as group:
             self._execution = Execution(self.settings, group, self._publisher, self._ended)
             group.start_soon(self._publisher.run)
@@ -182,12 +183,15 @@ class Worker:
     def _slots(self) -> int:
         return self.settings.max_workers
 
-    async def _join(self) -> None:
+    async def join(self) -> None:
+        """Join the consumer group (creating it) and say this worker is alive."""
         try:
             await self._redis.xgroup_create(self._keys.queue, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
+            if "BUSYGROUP" not in str(exc):  # the group exists already: join it
                 raise
+        except _REDIS_DOWN as exc:
+            raise BackendUnavailable(str(self.settings.redis_url), str(exc)) from exc
         await self._beat()
 
     # -- taking jobs ---------------------------------------------------------------------------
@@ -338,6 +342,7 @@ async def serve_worker(registry: TaskRegistry, settings: Settings) -> None:
     redis = connect(settings.redis_url)
     worker = Worker(registry, settings, redis)
     try:
+        await worker.join()  # here, so that Redis being down is reported as itself
         async with anyio.create_task_group() as group:
 
             async def on_signals() -> None:
