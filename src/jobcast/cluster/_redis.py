@@ -36,7 +36,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError
 
 from ..events import Event, encode_json
 from ..jobs import Job
@@ -91,13 +94,16 @@ class Keys:
 
 def connect(url: str) -> Redis:
     """A client for ``url`` that answers strings and notices a dead connection in time."""
+    # One retry on a fresh connection: after a Redis restart every pooled connection is dead,
+    # and without it each would fail one request before the pool noticed.
     return Redis.from_url(
         url,
         decode_responses=True,
         socket_connect_timeout=5,
         socket_keepalive=True,
         health_check_interval=15,
-        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[ConnectionError],
     )
 
 

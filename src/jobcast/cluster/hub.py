@@ -45,6 +45,8 @@ _READ_COUNT = 2000
 #: How long a request waits for its own change to come back through the event stream.
 _ECHO_TIMEOUT = 5.0
 _REDIS_DOWN = (ConnectionError, TimeoutError, OSError)
+#: What an event can change of a job.
+_CHANGING = ("state", "progress", "started_at", "finished_at", "result", "error")
 
 
 class Hub(JobTable):
@@ -221,9 +223,13 @@ class Hub(JobTable):
                 continue
             job = Job.from_snapshot(json.loads(fields["d"])["job"])
             known = jobs.get(job.id)
-            job.first_seq = known.first_seq if known is not None else event.seq
-            job.last_seq = event.seq
-            jobs[job.id] = job
+            if known is None:
+                job.first_seq = event.seq
+                jobs[job.id] = known = job
+            else:  # in place: a stream holds on to the job it opened with
+                for name in _CHANGING:
+                    setattr(known, name, getattr(job, name))
+            known.last_seq = event.seq
         self.log.extend(events)
         self.evict()
         return events[-1].seq
