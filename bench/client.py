@@ -7,6 +7,8 @@ cuts frames with a few C-level ``bytes`` operations, and hands complete frames t
 
 - :class:`CountingStream` counts the frames of one event name per read, for fan-out: one
   ``bytes.count`` and one tuple per read, however many events the read carries.
+- :class:`SequencedStream` counts the same way and also checks that the ``id:`` of every
+  frame follows the one before: one ``re.findall`` and one list comparison per read.
 - :class:`RecordingStream` parses every frame (``id``, ``event``, ``data``), for resume checks.
 
 Times are ``time.monotonic()``: on Linux it is the system-wide CLOCK_MONOTONIC, so arrival
@@ -31,6 +33,7 @@ __all__ = [
     "Frame",
     "HttpError",
     "RecordingStream",
+    "SequencedStream",
     "StreamError",
     "Tally",
     "connect",
@@ -44,6 +47,8 @@ __all__ = [
 _LINGER_OFF = struct.pack("ii", 1, 0)
 P = TypeVar("P", bound="_SSEProtocol")
 TICK_RE = re.compile(rb'"line": ?"tick (\d+)/')
+_ID_RE = re.compile(rb"^id: (\d+)$", re.MULTILINE)
+_RESET = b"event: reset\n"
 
 
 class HttpError(Exception):
@@ -238,6 +243,54 @@ class CountingStream(_SSEProtocol):
         self.batches.append((now, before, count))
         if before < self.expect <= self.matched and self.tally is not None:
             self.tally.mark_complete()
+
+
+class SequencedStream(CountingStream):
+    """A :class:`CountingStream` that also checks the ids: each one after the one before.
+
+    jobcast numbers every event of its log, and the all-events stream sends each with its id,
+    from the id of the first snapshot on: a client that misses nothing sees consecutive ids.
+    ``lost`` counts the ids skipped, ``duplicated`` the ids seen again (or out of order),
+    ``resets`` the ``reset`` frames (the server saying it dropped history for this client).
+    A read whose ids run on from the last costs one ``findall`` and one list comparison.
+    """
+
+    def __init__(
+        self,
+        request: bytes,
+        tally: Tally | None,
+        *,
+        event: str,
+        expect: int,
+        ready_on_frame: bool,
+    ) -> None:
+        super().__init__(request, tally, event=event, expect=expect, ready_on_frame=ready_on_frame)
+        self.last_id: int | None = None
+        self.lost = 0
+        self.duplicated = 0
+        self.resets = 0
+
+    def frames_received(self, block: bytes, now: float) -> None:
+        super().frames_received(block, now)
+        found = _ID_RE.findall(block)
+        if _RESET in block:
+            self.resets += block.count(_RESET)
+        if not found:
+            return
+        ids = list(map(int, found))
+        last = self.last_id
+        if last is not None and ids == list(range(last + 1, last + 1 + len(ids))):
+            self.last_id = ids[-1]
+            return
+        for ident in ids:
+            if last is None or ident == last + 1:
+                last = ident
+            elif ident > last:
+                self.lost += ident - last - 1
+                last = ident
+            else:
+                self.duplicated += 1
+        self.last_id = last
 
 
 @dataclass(slots=True)

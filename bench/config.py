@@ -8,10 +8,22 @@ from pathlib import Path
 
 from .servers import ServerSpec
 
-__all__ = ["FULL", "JOBCAST_LIMITS", "QUICK", "SCENARIOS", "Sizes", "recipe_spec", "specs"]
+__all__ = [
+    "CLUSTER_API_PROCESSES",
+    "CLUSTER_NAME",
+    "FULL",
+    "JOBCAST_LIMITS",
+    "QUICK",
+    "SCENARIOS",
+    "SINGLE_NAME",
+    "Sizes",
+    "cluster_specs",
+    "recipe_spec",
+    "specs",
+]
 
 #: Scenario names, in the order they run.
-SCENARIOS: tuple[str, ...] = ("fanout", "idle", "storm", "cpu", "progress", "push")
+SCENARIOS: tuple[str, ...] = ("fanout", "idle", "storm", "cpu", "progress", "push", "cluster")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +58,11 @@ class Sizes:
     # push vs poll
     push_trials: int = 10
     poll_interval: float = 1.0
+    # scale-out: `cluster_subscribers` split over two API processes sharing one Redis, the
+    # ticker in a `jobcast worker`; then the same subscribers on one process without Redis
+    cluster_subscribers: int = 2000
+    cluster_rate: float = 20
+    cluster_seconds: float = 10.0
 
     def replace(self, **changes: object) -> Sizes:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -70,6 +87,8 @@ QUICK = Sizes(
     progress_calls=200_000,
     progress_repeat=3,
     push_trials=3,
+    cluster_subscribers=400,
+    cluster_seconds=3.0,
 )
 
 
@@ -89,11 +108,30 @@ def specs(workdir: Path, index: int) -> dict[str, ServerSpec]:
         "jobcast": ServerSpec(
             "jobcast",
             "bench.apps.jobcast_app:app",
-            env={"JOBCAST_DB": str(workdir / f"jobcast-{index}.db"), **JOBCAST_LIMITS},
+            env={
+                "JOBCAST_DB": str(workdir / f"jobcast-{index}.db"),
+                "JOBCAST_REDIS_URL": "",  # the SQLite store, whatever the shell has set
+                **JOBCAST_LIMITS,
+            },
         ),
         "tutorial": ServerSpec("tutorial", "bench.apps.tutorial:app"),
         "bare ASGI": ServerSpec("bare ASGI", "bench.apps.bare:app"),
     }
+
+
+#: The scale-out scenario: how many API processes share Redis, and its two setups' names.
+CLUSTER_API_PROCESSES = 2
+CLUSTER_NAME = f"jobcast, {CLUSTER_API_PROCESSES} API processes + Redis"
+SINGLE_NAME = "jobcast, 1 process, no Redis"
+
+
+def cluster_specs(redis_url: str, processes: int) -> list[ServerSpec]:
+    """jobcast API processes sharing the Redis at ``redis_url`` (jobs run in a worker)."""
+    env = {"JOBCAST_REDIS_URL": redis_url, **JOBCAST_LIMITS}
+    return [
+        ServerSpec(f"jobcast API {i + 1} (Redis)", "bench.apps.jobcast_app:app", env=env)
+        for i in range(processes)
+    ]
 
 
 def recipe_spec(kind: str, seconds: float) -> ServerSpec:

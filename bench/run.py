@@ -2,8 +2,10 @@
 
 Starts the servers each scenario needs as subprocesses on loopback ports, runs the scenarios
 against all of them, prints one table (figures, targets, verdicts), and writes
-``docs/bench.json`` and ``docs/bench.png``. It exits non-zero only when something crashed: a
-missed target is a finding, reported in the table.
+``docs/bench.json`` and ``docs/bench.png``. A run of some scenarios only (``--only``) keeps the
+figures of the others from the ``bench.json`` it replaces, and leaves an existing chart alone.
+It exits non-zero only when something crashed: a missed target is a finding, reported in the
+table.
 """
 
 from __future__ import annotations
@@ -25,10 +27,22 @@ from pathlib import Path
 from types import FrameType
 
 from . import api, sse
-from .config import FULL, QUICK, SCENARIOS, Sizes, recipe_spec, specs
+from .cluster import redis_version, start_redis, start_worker
+from .config import (
+    CLUSTER_API_PROCESSES,
+    CLUSTER_NAME,
+    FULL,
+    QUICK,
+    SCENARIOS,
+    SINGLE_NAME,
+    Sizes,
+    cluster_specs,
+    recipe_spec,
+    specs,
+)
 from .progress import ProgressCost
 from .report import Results, table, write_chart, write_json
-from .servers import PROJECT_ROOT, Processes, Server, raise_open_files_limit
+from .servers import PROJECT_ROOT, Processes, Program, Server, raise_open_files_limit
 
 __all__ = ["main", "run_scenarios"]
 
@@ -57,7 +71,7 @@ class _Run:
     async def start_jobcast(self) -> Server:
         return await self.procs.start(specs(self.procs.workdir, next(self._starts))["jobcast"])
 
-    async def stop(self, servers: Sequence[Server]) -> None:
+    async def stop(self, servers: Sequence[Program]) -> None:
         for server in servers:
             await self.procs.stop(server)
 
@@ -225,6 +239,87 @@ async def _push(run: _Run) -> None:
         )
 
 
+async def _cluster(run: _Run) -> None:
+    """Fan-out through Redis: the subscribers split evenly over two API processes that share
+    one event stream, the ticker in a ``jobcast worker``; then the same subscribers, checked
+    the same way, on one jobcast process without Redis (its ticker in a thread of its own)."""
+    sizes, procs = run.sizes, run.procs
+
+    async def measure(
+        target: sse.SseTarget,
+        *,
+        name: str,
+        clients: int,
+        peers: Sequence[sse.SseTarget] = (),
+        watch: Sequence[Program] = (),
+    ) -> sse.FanoutPoint:
+        point = await sse.fanout_point(
+            procs,
+            target,
+            subscribers=sizes.cluster_subscribers,
+            rate=sizes.cluster_rate,
+            seconds=sizes.cluster_seconds,
+            slack=sizes.fanout_slack,
+            clients=clients,
+            repeat=sizes.repeat,
+            peers=peers,
+            watch=watch,
+            check_ids=True,
+            name=name,
+        )
+        run.results.cluster.append(point)
+        run.say(f"  cluster {point.subscribers} subs @ {point.rate:g} ev/s: {_checked(point)}")
+        return point
+
+    run.results.machine["redis_server"] = await redis_version()
+    started: list[Program] = []
+    try:
+        redis, url = await start_redis(procs)
+        started.append(redis)
+        worker = await start_worker(procs, url)
+        started.append(worker)
+        api_specs = cluster_specs(url, CLUSTER_API_PROCESSES)
+        apis = await asyncio.gather(*(procs.start(spec) for spec in api_specs))
+        started += apis
+        first, *peers = [sse.SseTarget(api) for api in apis]
+        await measure(
+            first, name=CLUSTER_NAME, clients=sizes.clients, peers=peers, watch=[worker, redis]
+        )
+    finally:
+        await run.stop(started[::-1])
+    jobcast = await run.start_jobcast()
+    try:
+        # As many subscriber processes as above, on the one server.
+        await measure(
+            sse.SseTarget(jobcast), name=SINGLE_NAME, clients=sizes.clients * CLUSTER_API_PROCESSES
+        )
+    finally:
+        await run.stop([jobcast])
+    run.results.notes.append(
+        f"cluster: {CLUSTER_API_PROCESSES} jobcast API processes (uvicorn, uvloop, httptools), "
+        f"a jobcast worker running the ticker, Redis (no persistence), "
+        f"{sizes.clients * CLUSTER_API_PROCESSES} subscriber processes and the runner share "
+        "the same cores; the 1-process comparison has the same subscriber processes, its "
+        "ticker in a thread of the server. Lost/duplicated count the SSE ids each subscriber "
+        "skipped or saw again, from its first snapshot to its last tick."
+    )
+    for point in run.results.cluster:
+        if point.client_cpu_share > 0.9:
+            run.results.notes.append(
+                f"cluster {point.server}: the subscriber processes used "
+                f"{point.client_cpu_share:.0%} of a core each; figures there are partly theirs"
+            )
+
+
+def _checked(point: sse.FanoutPoint) -> str:
+    others = ", ".join(f"{name} {share:.0%}" for name, share in point.other_cpu_share().items())
+    return (
+        f"{_point(point)}; lost {point.lost}, duplicated {point.duplicated}, resets "
+        f"{point.resets}; API CPU (together) {point.server_cpu_share:.0%}"
+        + (f", {others}" if others else "")
+    )
+
+
 SCENARIO_FUNCTIONS: dict[str, Callable[[_Run], Awaitable[None]]] = {
     "fanout": _fanout,
     "idle": _idle,
@@ -232,6 +327,7 @@ SCENARIO_FUNCTIONS: dict[str, Callable[[_Run], Awaitable[None]]] = {
     "cpu": _cpu,
     "progress": _progress,
     "push": _push,
+    "cluster": _cluster,
 }
 
 
@@ -243,7 +339,15 @@ def machine() -> dict[str, object]:
     except (OSError, StopIteration):
         pass
     versions: dict[str, str] = {}
-    for package in ("jobcast", "uvicorn", "uvloop", "httptools", "fastapi", "sse-starlette"):
+    for package in (
+        "jobcast",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "fastapi",
+        "sse-starlette",
+        "redis",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -263,7 +367,7 @@ async def run_scenarios(
     sizes: Sizes, names: Sequence[str], *, say: Say = _say, workdir: Path | None = None
 ) -> Results:
     """Run ``names`` at ``sizes``; a scenario that crashes is recorded in ``errors``."""
-    results = Results(sizes=sizes, machine=machine())
+    results = Results(sizes=sizes, machine=machine(), ran=list(names))
     cores = os.cpu_count() or 1
     results.notes.append(
         f"{cores} cores for everything: the server, {sizes.clients} subscriber "
@@ -327,7 +431,12 @@ def _sizes(args: argparse.Namespace, results_notes: list[str]) -> Sizes:
         sizes = sizes.replace(clients=max(1, args.clients))
     soft, hard = raise_open_files_limit()
     results_notes.append(f"RLIMIT_NOFILE raised to {soft} (hard limit {hard}).")
-    most = max(sizes.idle_connections, sizes.big_subscribers, sizes.storm_clients)
+    most = max(
+        sizes.idle_connections,
+        sizes.big_subscribers,
+        sizes.storm_clients,
+        sizes.cluster_subscribers,
+    )
     room = soft - 512  # what the process has besides the streams
     if most > room:
         results_notes.append(
@@ -338,6 +447,7 @@ def _sizes(args: argparse.Namespace, results_notes: list[str]) -> Sizes:
             idle_connections=min(sizes.idle_connections, room),
             big_subscribers=min(sizes.big_subscribers, room),
             storm_clients=min(sizes.storm_clients, room),
+            cluster_subscribers=min(sizes.cluster_subscribers, room),
         )
     return sizes
 
@@ -367,11 +477,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     for note in results.notes:
         print(f"- {note}")
-    write_json(results, args.out / "bench.json")
-    if write_chart(results, args.out / "bench.png"):
-        print(f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    data, chart = args.out / "bench.json", args.out / "bench.png"
+    kept = write_json(results, data)
+    if kept:
+        print(f"\n{data}: kept the figures of {', '.join(kept)} from the run it replaced")
+    partial = set(args.only) != set(SCENARIOS)
+    if partial and chart.exists():
+        # The chart shows every scenario: a partial run would blank the panels of the others.
+        print(f"\nwrote {data}; left {chart} as it was (a run of some scenarios only)")
+    elif write_chart(results, chart):
+        print(f"\nwrote {data} and {chart}")
     else:
-        print(f"\nwrote {args.out / 'bench.json'}; no chart: matplotlib is missing (make bench)")
+        print(f"\nwrote {data}; no chart: matplotlib is missing (make bench)")
     for name, error in results.errors.items():
         print(f"\n{name} crashed:\n{error}", file=sys.stderr)
     if results.errors:

@@ -1,13 +1,15 @@
-"""Servers under test: each one a uvicorn subprocess on a free loopback port.
+"""Servers under test: each one a uvicorn subprocess on a free loopback port; and the other
+programs a scenario may need (Redis, a ``jobcast worker``).
 
 Every process a run starts is registered with a :class:`Processes` and stopped when it closes,
-whatever ends the run (a crash, Ctrl+C, SIGTERM): servers get SIGTERM and a few seconds, then
-their whole process group gets SIGKILL, which also takes jobcast's worker processes.
+whatever ends the run (a crash, Ctrl+C, SIGTERM): each gets SIGTERM and a few seconds, then
+its whole process group gets SIGKILL, which also takes jobcast's worker processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import resource
 import signal
@@ -15,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -23,8 +25,10 @@ from types import TracebackType
 from .client import HttpError, request
 
 __all__ = [
+    "HOST",
     "PROJECT_ROOT",
     "Processes",
+    "Program",
     "Server",
     "ServerSpec",
     "free_port",
@@ -65,26 +69,20 @@ class ServerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-class Server:
-    """One running server: its port, its pid's memory and CPU time, and how to stop it."""
+class Program:
+    """One subprocess of a run: its pid's memory and CPU time, its log, and how to stop it."""
 
-    def __init__(self, spec: ServerSpec, popen: subprocess.Popen[bytes], port: int, log: Path):
-        self.spec = spec
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path) -> None:
+        self.name = name
         self.popen = popen
-        self.port = port
-        self.host = HOST
         self.log = log
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
     def rss_kib(self) -> int:
-        """Resident memory of the server process (not of its job workers)."""
+        """Resident memory of the process (not of its children)."""
         with open(f"/proc/{self.pid}/status") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
@@ -92,7 +90,7 @@ class Server:
         raise RuntimeError(f"no VmRSS for pid {self.pid}")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process, all its threads."""
+        """User + system CPU time of the process, all its threads."""
         with open(f"/proc/{self.pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
@@ -124,13 +122,24 @@ class Server:
         self.popen.wait(5)
 
 
+class Server(Program):
+    """One running server: a :class:`Program` that answers HTTP on ``host:port``."""
+
+    def __init__(self, spec: ServerSpec, popen: subprocess.Popen[bytes], port: int, log: Path):
+        super().__init__(spec.name, popen, log)
+        self.spec = spec
+        self.port = port
+        self.host = HOST
+
+
 class Processes:
     """Owns every subprocess of a run and stops them all on exit, in reverse order."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self._servers: list[Server] = []
+        self._servers: list[Program] = []
         self._others: list[asyncio.subprocess.Process] = []
+        self._spawned = itertools.count()
 
     def __enter__(self) -> Processes:
         return self
@@ -187,15 +196,30 @@ class Processes:
                 )
             await asyncio.sleep(0.05)
 
-    async def stop(self, server: Server) -> None:
-        """Stop one server now (scenarios free the CPU and memory of the previous ones)."""
+    async def spawn(
+        self, name: str, command: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> Program:
+        """Start ``command`` (stopped with the rest); the caller waits until it is ready."""
+        slug = "".join(c if c.isalnum() else "-" for c in name)
+        log = self.workdir / f"{slug}-{next(self._spawned)}.log"
+        popen = await asyncio.to_thread(_popen, list(command), env or {}, log)
+        program = Program(name, popen, log)
+        self._servers.append(program)
+        return program
+
+    async def stop(self, server: Program) -> None:
+        """Stop one process now (scenarios free the CPU and memory of the previous ones)."""
         if server in self._servers:
             self._servers.remove(server)
         await asyncio.to_thread(server.stop)
 
 
 def _spawn(spec: ServerSpec, port: int, log: Path) -> subprocess.Popen[bytes]:
-    command = [
+    return _popen(_uvicorn_command(spec, port), spec.env, log)
+
+
+def _uvicorn_command(spec: ServerSpec, port: int) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "uvicorn",
@@ -217,7 +241,10 @@ def _spawn(spec: ServerSpec, port: int, log: Path) -> subprocess.Popen[bytes]:
         "--timeout-graceful-shutdown",
         "3",
     ]
-    env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
+
+
+def _popen(command: list[str], extra_env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         popen = subprocess.Popen(
             command,

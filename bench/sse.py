@@ -2,7 +2,9 @@
 
 Each runs the same way against jobcast and the references: the subscribers read the server's
 all-events stream, and a publisher on the server emits ``log`` events on an absolute schedule
-(jobcast's ``ticker`` task; the references' ``/publish``).
+(jobcast's ``ticker`` task; the references' ``/publish``). A fan-out may also spread its
+subscribers over several jobcast API processes that share one event stream through Redis,
+the ticker then running in a ``jobcast worker``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +32,7 @@ from .client import (
     request_json,
     stream_request,
 )
-from .servers import PROJECT_ROOT, Processes, Server
+from .servers import PROJECT_ROOT, Processes, Program, Server
 from .stats import Histogram, median
 from .subscribers import WorkerConfig
 
@@ -130,6 +133,13 @@ class FanoutRun:
     client_cpu_s: float
     wall_s: float
     connect_s: float
+    # With ids checked (``None`` otherwise): ids skipped and seen twice, over every stream;
+    # ``reset`` frames received.
+    lost: int | None = None
+    duplicated: int | None = None
+    resets: int | None = None
+    # CPU time of the other processes watched (a jobcast worker, Redis), by name.
+    other_cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def delivered_all(self) -> bool:
@@ -186,7 +196,40 @@ class FanoutPoint:
             default=0.0,
         )
 
+    @property
+    def checked(self) -> bool:
+        """Whether the runs checked the ids (then ``lost`` and ``duplicated`` count)."""
+        return bool(self.runs) and all(run.lost is not None for run in self.runs)
+
+    @property
+    def lost(self) -> int:
+        """Ids skipped, summed over the runs (0 when not checked)."""
+        return sum(run.lost or 0 for run in self.runs)
+
+    @property
+    def duplicated(self) -> int:
+        """Ids seen twice or out of order, summed over the runs (0 when not checked)."""
+        return sum(run.duplicated or 0 for run in self.runs)
+
+    @property
+    def resets(self) -> int:
+        return sum(run.resets or 0 for run in self.runs)
+
+    def other_cpu_share(self) -> dict[str, float]:
+        """How busy each watched process kept its core, median over the runs."""
+        names = dict.fromkeys(name for run in self.runs for name in run.other_cpu_s)
+        return {
+            name: median(run.other_cpu_s.get(name, math.nan) / max(1e-9, run.wall_s)
+                         for run in self.runs)
+            for name in names
+        }  # fmt: skip
+
     def to_json(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.checked:
+            extra.update(lost=self.lost, duplicated=self.duplicated, resets=self.resets)
+        if any(run.other_cpu_s for run in self.runs):
+            extra["other_cpu_share"] = self.other_cpu_share()
         return {
             "server": self.server,
             "rate": self.rate,
@@ -200,6 +243,7 @@ class FanoutPoint:
             "server_cpu_us_per_delivery": self.cpu_us_per_delivery,
             "server_cpu_share": self.server_cpu_share,
             "client_cpu_share": self.client_cpu_share,
+            **extra,
             "runs": [dataclasses.asdict(run) for run in self.runs],
         }
 
@@ -218,23 +262,35 @@ async def _read_message(proc: asyncio.subprocess.Process, seconds: float) -> dic
 
 async def fanout_run(
     procs: Processes,
-    target: SseTarget,
+    targets: Sequence[SseTarget],
     *,
     subscribers: int,
     rate: float,
     seconds: float,
     slack: float,
     clients: int,
+    watch: Sequence[Program] = (),
+    check_ids: bool = False,
 ) -> FanoutRun:
-    """Open ``subscribers`` streams over ``clients`` processes, publish, measure lateness."""
+    """Open ``subscribers`` streams, publish on the first target, measure lateness.
+
+    The streams are split evenly over ``targets`` (servers that share one event stream), each
+    read by ``clients`` subscriber processes. Server CPU is the targets' together; ``watch``
+    names other processes whose CPU time is recorded too.
+    """
+    publisher = targets[0]
     count = max(2, round(rate * seconds))
-    await target.wait_quiet()
-    shares = [subscribers // clients + (i < subscribers % clients) for i in range(clients)]
+    for target in targets:
+        await target.wait_quiet()
+    readers = [targets[i // clients] for i in range(len(targets) * clients)]
+    shares = [
+        subscribers // len(readers) + (i < subscribers % len(readers)) for i in range(len(readers))
+    ]
     connect_budget = 30.0 + subscribers / 100
     workers: list[asyncio.subprocess.Process] = []
     job_id: str | None = None
     try:
-        for share in shares:
+        for target, share in zip(readers, shares, strict=True):
             config = WorkerConfig(
                 host=target.server.host,
                 port=target.server.port,
@@ -244,6 +300,7 @@ async def fanout_run(
                 expect=count,
                 ready_on_frame=target.ready_on_frame,
                 connect_timeout=connect_budget,
+                check_ids=check_ids,
             )
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -258,9 +315,10 @@ async def fanout_run(
             procs.adopt(proc)
             workers.append(proc)
         readies = await asyncio.gather(*(_read_message(w, connect_budget + 10) for w in workers))
-        cpu_before = target.server.cpu_seconds()
+        cpu_before = sum(target.server.cpu_seconds() for target in targets)
+        others_before = [program.cpu_seconds() for program in watch]
         t0 = time.monotonic()
-        job_id = await target.start_ticker(count, rate)
+        job_id = await publisher.start_ticker(count, rate)
         deadline = t0 + count / rate + slack
         go = json.dumps({"t0": t0, "rate": rate, "deadline": deadline}).encode() + b"\n"
         for proc in workers:
@@ -271,7 +329,11 @@ async def fanout_run(
         # Computing the histogram of a few million latencies takes the workers a moment.
         budget = deadline - time.monotonic() + 30 + subscribers * count / 1e6
         results = await asyncio.gather(*(_read_message(w, budget) for w in workers))
-        cpu_after = target.server.cpu_seconds()
+        cpu_after = sum(target.server.cpu_seconds() for target in targets)
+        others = {
+            program.name: program.cpu_seconds() - before
+            for program, before in zip(watch, others_before, strict=True)
+        }
     finally:
         for proc in workers:
             if proc.returncode is None:
@@ -300,9 +362,14 @@ async def fanout_run(
         client_cpu_s=sum(result["client_cpu_s"] for result in results),
         wall_s=max(result["wall_s"] for result in results),
         connect_s=max(ready["connect_s"] for ready in readies),
+        other_cpu_s=others,
     )
+    if check_ids:
+        run.lost = sum(result["lost"] for result in results)
+        run.duplicated = sum(result["duplicated"] for result in results)
+        run.resets = sum(result["resets"] for result in results)
     if not run.delivered_all:
-        await target.stop_ticker(job_id)
+        await publisher.stop_ticker(job_id)
     return run
 
 
@@ -316,18 +383,29 @@ async def fanout_point(
     slack: float,
     clients: int,
     repeat: int,
+    peers: Sequence[SseTarget] = (),
+    watch: Sequence[Program] = (),
+    check_ids: bool = False,
+    name: str | None = None,
 ) -> FanoutPoint:
-    """Up to ``repeat`` runs; a run that lost events ends the repeats (the server is past it)."""
-    point = FanoutPoint(target.name, rate, subscribers, clients)
+    """Up to ``repeat`` runs; a run that lost events ends the repeats (the server is past it).
+
+    ``target`` publishes; with ``peers`` (API processes sharing its event stream), the
+    subscribers are split evenly over it and them, ``clients`` subscriber processes each.
+    """
+    targets = [target, *peers]
+    point = FanoutPoint(name or target.name, rate, subscribers, clients * len(targets))
     for _ in range(repeat):
         run = await fanout_run(
             procs,
-            target,
+            targets,
             subscribers=subscribers,
             rate=rate,
             seconds=seconds,
             slack=slack,
             clients=clients,
+            watch=watch,
+            check_ids=check_ids,
         )
         point.runs.append(run)
         if not run.delivered_all:

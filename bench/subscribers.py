@@ -8,7 +8,8 @@ of its own. Conversation, one JSON line each way:
    where ``t0`` is the monotonic time just before the trigger;
 3. it waits until every stream has ``expect`` events or the deadline passes, then prints the
    result: deliveries, complete streams, and a histogram of lateness. Event k (from 0) was due
-   at ``t0 + k / rate``; its lateness is its arrival minus that.
+   at ``t0 + k / rate``; its lateness is its arrival minus that. With ``check_ids``, it also
+   counts the ids each stream skipped or saw twice, and the ``reset`` frames.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .client import CountingStream, StreamError, Tally, connect, stream_request
+from .client import CountingStream, SequencedStream, StreamError, Tally, connect, stream_request
 from .stats import Histogram
 
 __all__ = ["WorkerConfig", "main"]
@@ -38,6 +39,7 @@ class WorkerConfig:
     ready_on_frame: bool
     concurrency: int = 500
     connect_timeout: float = 60.0
+    check_ids: bool = False  # count skipped and repeated ids (SequencedStream)
 
 
 def _cpu_seconds() -> float:
@@ -48,10 +50,11 @@ def _cpu_seconds() -> float:
 async def _open_all(config: WorkerConfig, tally: Tally) -> list[CountingStream]:
     request = stream_request(config.host, config.port, config.path, None)
     gate = asyncio.Semaphore(config.concurrency)
+    kind = SequencedStream if config.check_ids else CountingStream
 
     async def open_one() -> CountingStream:
         async with gate:
-            stream = CountingStream(
+            stream = kind(
                 request,
                 tally,
                 event=config.event,
@@ -74,7 +77,7 @@ def _result(
             base = (at - t0) * 1000.0
             for k in range(first, min(first + count, config.expect)):
                 histogram.add_ms(base - k * 1000.0 / rate)
-    return {
+    result: dict[str, Any] = {
         "subscribers": len(streams),
         "complete": sum(1 for stream in streams if stream.matched >= config.expect),
         "deliveries": sum(min(stream.matched, config.expect) for stream in streams),
@@ -82,6 +85,12 @@ def _result(
         "lateness": histogram.to_json(),
         "last_arrival_s": last - t0,
     }
+    checked = [stream for stream in streams if isinstance(stream, SequencedStream)]
+    if checked:
+        result["lost"] = sum(stream.lost for stream in checked)
+        result["duplicated"] = sum(stream.duplicated for stream in checked)
+        result["resets"] = sum(stream.resets for stream in checked)
+    return result
 
 
 async def run(config: WorkerConfig) -> None:

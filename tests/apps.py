@@ -201,3 +201,16 @@ def bars(ctx: JobContext, n: int = 50, hold: str = "") -> int:
 
 #: What ``jobcast serve tests.apps:served`` runs in the tests that need a real process.
 served = make_jobs()
+
+
+def await_file(ctx: JobContext, path: str) -> str:
+    """Wait until a file exists at `path`: a gate a test opens across processes (a Redis
+    worker runs its jobs in another process, where GATES cannot reach)."""
+    ctx.log(f"waiting for {path}")
+    while not os.path.exists(path):
+        ctx.sleep(0.01)
+    return path
+
+
+served.task(await_file)
+served.task(name="await_file_again", retry_on_restart=True)(await_file)

@@ -12,7 +12,8 @@ import math
 from pathlib import Path
 
 import pytest
-from bench.config import Sizes
+from bench.cluster import redis_server
+from bench.config import CLUSTER_NAME, SINGLE_NAME, Sizes
 from bench.report import COLUMNS, Results, rows, table, write_json
 from bench.run import run_scenarios
 
@@ -40,6 +41,9 @@ TINY = Sizes(
     progress_repeat=1,
     push_trials=2,
     poll_interval=0.1,
+    cluster_subscribers=6,
+    cluster_rate=20,
+    cluster_seconds=0.5,
 )
 
 STREAM_SERVERS = ["jobcast", "tutorial", "bare ASGI"]
@@ -130,6 +134,38 @@ async def test_push_times_sse_against_polling() -> None:
     assert polled.changes + polled.missed >= TINY.push_trials
     for result in (pushed, polled):
         assert 0 <= result.p50_ms <= result.p99_ms <= result.max_ms
+
+
+@pytest.mark.skipif(redis_server() is None, reason="needs redis-server (make test installs it)")
+async def test_cluster_fans_out_through_redis_and_keeps_the_other_figures(tmp_path: Path) -> None:
+    results = await run("cluster")
+    cluster, single = results.cluster
+    assert (cluster.server, single.server) == (CLUSTER_NAME, SINGLE_NAME)
+    for point in (cluster, single):
+        (only,) = point.runs
+        assert point.subscribers == TINY.cluster_subscribers
+        assert point.clients == 2 * TINY.clients  # the same subscriber processes in both
+        assert point.delivered_all, point
+        assert only.deliveries == point.subscribers * round(
+            TINY.cluster_rate * TINY.cluster_seconds
+        )
+        # Every id checked per subscriber: anything but 0s would be the count being wrong.
+        assert point.checked and (point.lost, point.duplicated, point.resets) == (0, 0, 0)
+        assert 0 < point.p50_ms <= point.p99_ms <= point.max_ms < 5000
+    assert set(cluster.other_cpu_share()) == {"jobcast worker", "Redis"}
+    lateness, loss = (row for row in rows(results) if row.target)
+    assert lateness.verdict in ("met", "MISSED") and loss.verdict == "met"
+    # A run of some scenarios only keeps the others' figures from the file it replaces.
+    earlier = {
+        "ran": ["idle"],
+        "idle": [{"server": "jobcast"}],
+        "table": [{"scenario": "idle streams"}],
+    }
+    (tmp_path / "bench.json").write_text(json.dumps(earlier))
+    assert write_json(results, tmp_path / "bench.json") == ["idle"]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["idle"] == earlier["idle"] and data["cluster"][0]["lost"] == 0
+    assert [row["section"] for row in data["table"]] == ["idle"] + ["cluster"] * 6
 
 
 async def test_report_is_one_table_and_json(tmp_path: Path) -> None:

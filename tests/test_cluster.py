@@ -1,0 +1,573 @@
+"""Scale-out on Redis, on real processes: a ``redis-server``, ``jobcast serve`` API processes
+and ``jobcast worker`` processes, killed, stopped and restarted under running jobs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from tests.conftest import free_port, wait_until
+from tests.redis_server import RedisServer
+from tests.sse import Frame, Stream, open_stream
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).parents[1]
+TARGET = "tests.apps:served"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+#: Seconds a worker may stay silent before it counts as dead: short, so that tests see it.
+HEARTBEAT = 1.0
+
+
+class Node:
+    """A ``jobcast`` child process. Its output goes to a file: a pipe nobody reads while
+    the test runs would fill up and stall the process."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.argv = argv
+        self.env = env
+        self.log = log
+        self.popen = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with self.log.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "jobcast", *self.argv],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if not self.alive:
+                raise RuntimeError(f"jobcast {self.argv[0]} exited early:\n{self.output()}")
+            return self.ready()
+
+        wait_until(ready, seconds=30)
+
+    def kill_9(self) -> None:
+        self.popen.kill()
+        self.popen.wait(10)
+
+    def close(self) -> None:
+        if self.alive:
+            self.kill_9()
+
+
+class Api(Node):
+    """``jobcast serve`` on a loopback port."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(["serve", TARGET, "--port", str(self.port)], env, log)
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def restart(self) -> None:
+        """Start again on the same port (after :meth:`kill_9`)."""
+        assert not self.alive
+        self.popen = self._spawn()
+        self.wait_ready()
+
+
+class Worker(Node):
+    """``jobcast worker``."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        super().__init__(["worker", TARGET], env, log)
+
+    def ready(self) -> bool:
+        return "takes jobs" in self.output()
+
+
+class Cluster:
+    """API processes and workers on one Redis; every process is killed at teardown."""
+
+    def __init__(self, redis: RedisServer, directory: Path) -> None:
+        self.redis = redis
+        self.directory = directory
+        self.nodes: list[Node] = []
+        # Nothing from the environment the tests run in: only what is set here.
+        base = {key: value for key, value in os.environ.items() if not key.startswith("JOBCAST_")}
+        self.env = {
+            **base,
+            "PYTHONUNBUFFERED": "1",
+            "JOBCAST_REDIS_URL": redis.url,
+            "JOBCAST_REDIS_PREFIX": "cluster-test",
+            "JOBCAST_HEARTBEAT_TIMEOUT": f"{HEARTBEAT:g}",
+            "JOBCAST_GRACE_PERIOD": "1",
+            "JOBCAST_KILL_GRACE": "1",
+        }
+
+    def start(
+        self, apis: int = 0, workers: int = 0, env: dict[str, str] | None = None
+    ) -> tuple[list[Api], list[Worker]]:
+        """Start processes side by side, and return once every one of them is ready."""
+        full = {**self.env, **(env or {})}
+        started_apis = [Api(full, self._log("api")) for _ in range(apis)]
+        started_workers = [Worker(full, self._log("worker")) for _ in range(workers)]
+        for node in [*started_apis, *started_workers]:
+            self.nodes.append(node)
+        for node in [*started_apis, *started_workers]:
+            node.wait_ready()
+        return started_apis, started_workers
+
+    def worker(self, **env: str) -> Worker:
+        return self.start(workers=1, env=env)[1][0]
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def _log(self, kind: str) -> Path:
+        return self.directory / f"{kind}-{len(self.nodes)}-{time.monotonic_ns()}.log"
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` of the test's own, running; killed at teardown."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(redis_server, tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def about(frame: Frame) -> str:
+    """The job a frame is about."""
+    if frame.event == "log":
+        job_id: str = frame.data["job_id"]
+    else:
+        job_id = frame.data["job"]["id"]
+    return job_id
+
+
+def ids(frames: list[Frame]) -> list[int]:
+    found = [frame.id for frame in frames]
+    assert all(isinstance(seq, int) for seq in found), found
+    return [seq for seq in found if seq is not None]
+
+
+def about_job(frame: Frame, job_id: str) -> bool:
+    return frame.event != "snapshot" and about(frame) == job_id
+
+
+def is_(job_id: str, *events: str) -> Callable[[Frame], bool]:
+    """A frame predicate: an event of ``job_id`` among ``events``."""
+    return lambda frame: frame.event in events and about(frame) == job_id
+
+
+async def start_job(
+    client: httpx.AsyncClient, api: Api, task: str, **params: Any
+) -> dict[str, Any]:
+    response = await client.post(f"{api.url}/api/tasks/{task}/jobs", json=params)
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+async def job(client: httpx.AsyncClient, api: Api, job_id: str) -> dict[str, Any]:
+    response = await client.get(f"{api.url}/api/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    found: dict[str, Any] = response.json()
+    return found
+
+
+async def job_frames(
+    client: httpx.AsyncClient, api: Api, job_id: str, seconds: float = 10
+) -> list[Frame]:
+    """The frames of the job's stream, up to its terminal event."""
+    async with open_stream(client, f"{api.url}/api/jobs/{job_id}/events") as stream:
+        return await stream.until(lambda frame: frame.event in TERMINAL, seconds)
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 5) -> None:
+    """Ask ``check`` until it holds; fail after ``seconds``."""
+    with anyio.fail_after(seconds):
+        while not await check():  # noqa: ASYNC110 - another process's answer: nothing to await
+            await anyio.sleep(0.02)
+
+
+async def snapshot(stream: Stream) -> Frame:
+    frame = await stream.next(10)
+    assert frame.event == "snapshot", frame
+    return frame
+
+
+class Feed:
+    """``/api/events`` read in order, remembering every frame: waiting for one event does not
+    lose those that came before it."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.frames: list[Frame] = []
+
+    async def wait(
+        self, predicate: Callable[[Frame], bool], seconds: float = 10, *, since: int = 0
+    ) -> Frame:
+        """The first frame from index ``since`` on that ``predicate`` accepts."""
+        with anyio.fail_after(seconds):
+            index = since
+            while True:
+                while index < len(self.frames):
+                    if predicate(self.frames[index]):
+                        return self.frames[index]
+                    index += 1
+                self.frames.append(await self.stream.next(seconds))
+
+
+@asynccontextmanager
+async def feed(client: httpx.AsyncClient, api: Api) -> AsyncIterator[Feed]:
+    """All events of ``api``, from its snapshot on (which is ``frames[0]``)."""
+    async with open_stream(client, f"{api.url}/api/events") as stream:
+        watched = Feed(stream)
+        watched.frames.append(await snapshot(stream))
+        yield watched
+
+
+# -- the tests -------------------------------------------------------------------------------
+
+
+async def test_a_job_started_on_one_api_process_is_watched_to_its_end_on_another(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    (a, b), _ = cluster.start(apis=2, workers=2)
+    async with open_stream(client, f"{b.url}/api/events") as feed:
+        await snapshot(feed)
+        started = await start_job(client, a, "sleep", seconds=0.3, steps=3)
+        await feed.until(is_(started["id"], "queued"))
+
+    on_b = await job_frames(client, b, started["id"])
+
+    assert [frame.event for frame in on_b][:2] == ["queued", "running"]
+    assert on_b[-1].event == "succeeded"
+    assert on_b[-1].data["job"]["result"] == {"slept_s": 0.3, "steps": 3}
+    assert [frame.data["line"] for frame in on_b if frame.event == "log"] == [
+        "step 1/3 done",
+        "step 2/3 done",
+        "step 3/3 done",
+    ]
+    seqs = ids(on_b)
+    assert seqs == sorted(set(seqs))  # increasing integers
+    assert [frame.data["seq"] for frame in on_b] == seqs
+    # Both processes tell the same story, byte for byte, and agree on the end.
+    assert await job_frames(client, a, started["id"]) == on_b
+    for api in (a, b):
+        assert (await job(client, api, started["id"]))["state"] == "succeeded"
+
+
+async def test_a_stream_read_on_one_process_resumes_on_another_with_no_gap_and_no_duplicate(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    (a, b), _ = cluster.start(apis=2, workers=1)
+    async with open_stream(client, f"{b.url}/api/events") as steady:
+        at = await snapshot(steady)
+        async with open_stream(client, f"{a.url}/api/events") as first:
+            assert (await snapshot(first)).id == at.id  # the same event log on both
+            started = await start_job(client, a, "ticker", count=20, rate=100)
+            before = [await first.next() for _ in range(6)]
+        last_id = before[-1].id
+        assert last_id is not None
+        async with open_stream(client, f"{b.url}/api/events", last_event_id=last_id) as resumed:
+            after = await resumed.until(is_(started["id"], *TERMINAL))
+        everything = await steady.until(is_(started["id"], *TERMINAL))
+
+    assert after[0].id == last_id + 1, after[0]
+    assert before + after == everything
+    assert ids(everything) == list(range(everything[0].id or 0, last_id + 1 + len(after)))
+    assert everything[-1].event == "succeeded"
+    assert sum(frame.event == "log" for frame in everything) == 20
+
+
+async def test_a_job_stream_opened_while_the_job_is_active_ends_after_its_terminal_event(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    (api,), _ = cluster.start(apis=1, workers=1)
+    started = await start_job(client, api, "sleep", seconds=0.3, steps=3)
+
+    async with open_stream(client, f"{api.url}/api/jobs/{started['id']}/events") as stream:
+        frames = await stream.rest(5)
+
+    assert frames[-1].event == "succeeded"
+
+
+async def test_a_worker_killed_mid_job_is_noticed_and_its_jobs_are_interrupted_or_run_again(
+    cluster: Cluster, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    (api,), (doomed,) = cluster.start(apis=1, workers=1)
+    gate = tmp_path / "gate"
+    async with feed(client, api) as events:
+        held = await start_job(client, api, "hold", name="forever")
+        retried = await start_job(client, api, "await_file_again", path=str(gate))
+        # Both run on the only worker, and have said what they wait for.
+        await events.wait(is_(held["id"], "log"))
+        await events.wait(is_(retried["id"], "log"))
+        cluster.worker()  # a second worker, with nothing to do yet
+
+        doomed.kill_9()
+        killed_at, mark = time.monotonic(), len(events.frames)
+        interrupted = await events.wait(is_(held["id"], *TERMINAL), since=mark)
+        noticed_after = time.monotonic() - killed_at
+        await events.wait(is_(retried["id"], "running"), since=mark)
+        gate.touch()
+        await events.wait(is_(retried["id"], *TERMINAL), since=mark)
+
+    assert interrupted.event == "interrupted"
+    error = interrupted.data["job"]["error"]
+    assert error["type"] == "Interrupted"
+    assert "stopped answering" in error["message"], error
+    assert noticed_after < 4 * HEARTBEAT, noticed_after
+    # The other job went back on the queue, said so, and the other worker ran it anew.
+    story = [
+        frame.data["line"] if frame.event == "log" else frame.event
+        for frame in events.frames[mark:]
+        if about(frame) == retried["id"] and frame.event != "progress"
+    ]
+    assert story[0] == "queued" and story[-2:] == [f"waiting for {gate}", "succeeded"], story
+    assert "running" in story and any(line.startswith("queued again") for line in story), story
+    assert (await job(client, api, held["id"]))["state"] == "interrupted"
+    assert (await job(client, api, retried["id"]))["state"] == "succeeded"
+
+
+async def test_sigterm_drains_a_worker_its_short_job_finishes_and_it_exits(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    (api,), (draining,) = cluster.start(apis=1, workers=1)
+    async with feed(client, api) as events:
+        short = await start_job(client, api, "sleep", seconds=0.6, steps=6)
+        held = await start_job(client, api, "hold", name="forever")
+        await events.wait(is_(short["id"], "log"))
+        await events.wait(is_(held["id"], "log"))
+
+        draining.popen.send_signal(signal.SIGTERM)
+        later = await start_job(client, api, "count", n=3)  # comes while it drains
+        ended = await events.wait(is_(short["id"], *TERMINAL))
+        stopped = await events.wait(is_(held["id"], *TERMINAL))
+        with anyio.fail_after(10):
+            while draining.alive:  # noqa: ASYNC110 - a process's exit: nothing to await here
+                await anyio.sleep(0.05)
+
+    assert ended.event == "succeeded"
+    assert draining.popen.returncode == 0, draining.output()
+    # Past the grace period, the job that would not end was stopped.
+    assert stopped.event == "interrupted"
+    # The job started meanwhile was left to the others, still queued: not lost.
+    assert (await job(client, api, later["id"]))["state"] == "queued"
+    cluster.worker()
+    assert (await job_frames(client, api, later["id"]))[-1].event == "succeeded"
+
+
+async def test_a_cancel_on_another_api_process_reaches_the_job_queued_or_running(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    (a, b), _ = cluster.start(apis=2)
+    async with feed(client, a) as events:
+        # No worker yet: the job waits in the queue, and a cancel ends it at once.
+        waiting = await start_job(client, a, "count", n=3)
+        answer = await client.post(f"{b.url}/api/jobs/{waiting['id']}/cancel")
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["state"] == "cancelled"
+        await events.wait(is_(waiting["id"], "cancelled"))
+        again = await client.post(f"{a.url}/api/jobs/{waiting['id']}/cancel")
+        assert again.status_code == 409, again.text
+
+        # A worker comes: it skips the cancelled job, and runs the next one.
+        cluster.worker()
+        held = await start_job(client, a, "hold", name="forever")
+        await events.wait(is_(held["id"], "log"))
+        answer = await client.post(f"{b.url}/api/jobs/{held['id']}/cancel")
+        assert answer.status_code == 202, answer.text
+        stopped = await events.wait(is_(held["id"], *TERMINAL), 2)
+
+    assert stopped.event == "cancelled"
+    assert not any(is_(waiting["id"], "running")(frame) for frame in events.frames)
+    for api in (a, b):
+        assert (await job(client, api, waiting["id"]))["state"] == "cancelled"
+        assert (await job(client, api, held["id"]))["state"] == "cancelled"
+
+
+async def test_an_api_process_killed_and_started_again_knows_the_jobs_and_resumes_streams(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    (a, b), _ = cluster.start(apis=2, workers=1)
+    done = await start_job(client, a, "count", n=3)
+    assert (await job_frames(client, a, done["id"]))[-1].event == "succeeded"
+    async with feed(client, b) as steady:
+        async with feed(client, a) as first:
+            ticking = await start_job(client, a, "ticker", count=30, rate=30)
+            await first.wait(is_(ticking["id"], "log"))
+        before = first.frames[1:]
+        last_id = before[-1].id
+        assert last_id is not None
+
+        a.kill_9()
+        a.restart()
+        listed = (await client.get(f"{a.url}/api/jobs")).json()
+        assert {(item["id"], item["state"]) for item in listed} >= {
+            (done["id"], "succeeded"),
+            (ticking["id"], "running"),
+        }
+        async with open_stream(client, f"{a.url}/api/events", last_event_id=last_id) as resumed:
+            after = await resumed.until(is_(ticking["id"], *TERMINAL))
+        await steady.wait(is_(ticking["id"], *TERMINAL))
+
+    assert after[0].id == last_id + 1, after[0]
+    assert before + after == steady.frames[1:]
+    assert after[-1].event == "succeeded"
+    assert sum(frame.event == "log" for frame in before + after) == 30
+    assert (await job(client, a, ticking["id"]))["state"] == "succeeded"
+
+
+async def test_concurrent_starts_of_a_job_that_refuses_duplicates_make_one_job_across_processes(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    (a, b), _ = cluster.start(apis=2)
+    names = [f"twin-{i}" for i in range(5)]
+    answers: dict[str, list[httpx.Response]] = {name: [] for name in names}
+
+    async def post(api: Api, name: str) -> None:
+        response = await client.post(f"{api.url}/api/tasks/unique/jobs", json={"name": name})
+        answers[name].append(response)
+
+    async with anyio.create_task_group() as group:
+        for name in names:
+            for api in (a, b, a, b):
+                group.start_soon(post, api, name)
+
+    created = []
+    for responses in answers.values():
+        assert sorted(response.status_code for response in responses) == [202, 409, 409, 409]
+        new = next(response.json() for response in responses if response.status_code == 202)
+        for response in responses:
+            if response.status_code == 409:
+                assert response.json()["job"]["id"] == new["id"], response.text
+        created.append(new["id"])
+
+    async def both_list_them() -> bool:
+        for api in (a, b):
+            listed = (await client.get(f"{api.url}/api/jobs", params={"task": "unique"})).json()
+            if sorted(item["id"] for item in listed) != sorted(created):
+                return False
+        return True
+
+    await until(both_list_them)
+
+
+async def test_redis_restarting_under_a_running_job_loses_nothing(
+    cluster: Cluster, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    # A heartbeat timeout well above the outage: the worker is alive all along.
+    (a, b), _ = cluster.start(apis=2, workers=1, env={"JOBCAST_HEARTBEAT_TIMEOUT": "5"})
+    gate = tmp_path / "gate"
+    async with feed(client, a) as on_a, feed(client, b) as on_b:
+        running = await start_job(client, a, "await_file", path=str(gate))
+        await on_a.wait(is_(running["id"], "log"))
+        await on_b.wait(is_(running["id"], "log"))
+
+        cluster.redis.stop()
+        refused = await client.post(f"{b.url}/api/tasks/count/jobs", json={"n": 3})
+        cluster.redis.start()
+
+        gate.touch()
+        ended_a = await on_a.wait(is_(running["id"], *TERMINAL))
+        ended_b = await on_b.wait(is_(running["id"], *TERMINAL))
+
+    assert refused.status_code == 503, refused.text
+    assert set(refused.json()) == {"detail"}
+    assert "retry" in refused.json()["detail"], refused.json()
+    assert int(refused.headers["retry-after"]) > 0
+    assert ended_a.event == "succeeded"
+    assert ended_a == ended_b  # the same event, with the same id, on both
+    for api in (a, b):
+        assert (await job(client, api, running["id"]))["state"] == "succeeded"
+    # What the worker did while Redis was away reached both processes, in order, once.
+    for events in (on_a, on_b):
+        mine = [frame for frame in events.frames if about_job(frame, running["id"])]
+        assert ids(mine) == sorted(set(ids(mine)))
+    assert on_a.frames[1:] == on_b.frames[1:]
+
+
+async def start_jobs(client: httpx.AsyncClient, api: Api, n: int) -> list[int]:
+    """Start ``n`` jobs at once; the status of each answer."""
+    codes: list[int] = []
+
+    async def start() -> None:
+        response = await client.post(f"{api.url}/api/tasks/count/jobs", json={"n": 1})
+        codes.append(response.status_code)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(n):
+            group.start_soon(start)
+    return codes
+
+
+async def test_once_redis_is_back_starting_jobs_works_at_once(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    (api,), _ = cluster.start(apis=1)
+    assert await start_jobs(client, api, 8) == [202] * 8  # several connections in the pool
+
+    cluster.redis.stop()
+    cluster.redis.start()
+
+    assert await start_jobs(client, api, 8) + await start_jobs(client, api, 8) == [202] * 16
+
+
+@pytest.mark.parametrize("command", [["serve", "--workers", "2"], ["worker"]])
+def test_a_command_that_needs_redis_refuses_to_run_without_jobcast_redis_url(
+    command: list[str],
+) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("JOBCAST_")}
+    exited = subprocess.run(
+        [sys.executable, "-m", "jobcast", command[0], TARGET, *command[1:]],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert exited.returncode != 0
+    assert "JOBCAST_REDIS_URL" in exited.stderr, exited.stderr
+    assert "Traceback" not in exited.stderr
