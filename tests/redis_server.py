@@ -61,6 +61,18 @@ class RedisServer:
         """SIGKILL: no chance to write anything more."""
         self._end(signal.SIGKILL)
 
+    def wipe(self) -> None:
+        """Delete what the stopped server kept: it starts again empty, like a Redis that
+        lost its data (no persistence, or a new machine)."""
+        assert not self.running, "stop or kill redis-server first"
+        for path in self.directory.iterdir():
+            if path == self._log:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
     def close(self) -> None:
         if self.running:
             self.kill()
