@@ -87,6 +87,11 @@ class JobRate:
         while len(self._buckets) > self._max_clients:
             self._buckets.popitem(last=False)
 
+    def refund(self, client: str, now: float | None = None) -> None:
+        """Give back what :meth:`spend` took, for a start that made no job."""
+        now = time.monotonic() if now is None else now
+        self._buckets[client] = (min(float(self.per_minute), self._tokens(client, now) + 1), now)
+
     def _tokens(self, client: str, now: float) -> float:
         bucket = self._buckets.get(client)
         if bucket is None:

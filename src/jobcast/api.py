@@ -169,13 +169,18 @@ async def _submit(
     """202 and the new job; 200 and the existing one when the task joins duplicates."""
     client = client_key(request.scope)
     rate.check(client)
+    # Spent before the submit awaits, so concurrent requests cannot all pass the check;
+    # given back when no job was made.
+    rate.spend(client)
+    created = False
     try:
         job, created = await runner.submit(task, params)
     except ValidationError as exc:
         errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         raise RequestValidationError(errors) from exc
-    if created:
-        rate.spend(client)
+    finally:
+        if not created:
+            rate.refund(client)
     return JSONResponse(
         job.snapshot(),
         status_code=202 if created else 200,

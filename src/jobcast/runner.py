@@ -235,6 +235,9 @@ class Runner(JobTable):
                 self._queue.remove(job)
                 self._finish(job, Outcome(JobState.FAILED, error=error))
 
+    async def catch_up(self, seq: int) -> None:
+        """Nothing to wait for: every event of this service is published here."""
+
     async def shutdown(self) -> None:
         """Stop accepting jobs, stop the running ones within the grace period, record them.
 

@@ -34,4 +34,9 @@ class Service(Protocol):
 
     def snapshot(self, task: str | None = None) -> list[dict[str, Any]]: ...
 
+    async def catch_up(self, seq: int) -> None:
+        """Return once this process has the events up to ``seq`` that exist anywhere (or
+        after a bounded wait); at once when there is nowhere else."""
+        ...
+
     async def shutdown(self) -> None: ...

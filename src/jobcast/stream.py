@@ -18,7 +18,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -197,16 +197,25 @@ async def _follow(
     accept: Callable[[Event], bool],
     snapshot: Callable[[], tuple[bytes, int]],
     done: Callable[[int], bool],
+    catch_up: Callable[[int], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
     """Yield everything after ``position`` that ``accept`` passes, joined per wake-up.
 
     ``snapshot()`` gives the frame that replaces lost history and the position it stands at;
-    ``done(position)`` says when the stream has said all it will.
+    ``done(position)`` says when the stream has said all it will; ``catch_up(position)``
+    waits, a bounded time, for events another process has published up to ``position``.
     """
     log.subscribers += 1
     try:
         pending = first
+        asked = False
         while True:
+            if position > log.last_seq and not asked:
+                # With Redis an id may come from another API process that is ahead of this
+                # one: resume from it once this process has read that far.
+                asked = True
+                await catch_up(position)
+                continue
             if position > log.last_seq:
                 # An id this log never gave out: waiting for the log to reach it would leave
                 # the client silent for as long, so it starts over like after a gap.
@@ -292,6 +301,7 @@ def all_jobs_stream(
         accept=(lambda event: True) if task is None else (lambda event: event.task == task),
         snapshot=snapshot,
         done=lambda position: False,
+        catch_up=runner.catch_up,
     )
     return _open(streams, request, runner, frames)
 
@@ -327,6 +337,7 @@ def job_stream(
         accept=lambda event: event.job_id == job.id,
         snapshot=snapshot,
         done=lambda position: job.finished and position >= job.last_seq,
+        catch_up=runner.catch_up,
     )
     return _open(streams, request, runner, frames)
 

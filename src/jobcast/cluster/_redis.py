@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -96,8 +96,11 @@ def connect(url: str) -> Redis:
     """A client for ``url`` that answers strings and notices a dead connection in time."""
     # One retry on a fresh connection: after a Redis restart every pooled connection is dead,
     # and without it each would fail one request before the pool noticed.
-    return Redis.from_url(
+    # A blocking pool: a burst of requests waits for a connection instead of failing.
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=64,
+        timeout=10,
         decode_responses=True,
         socket_connect_timeout=5,
         socket_keepalive=True,
@@ -105,6 +108,7 @@ def connect(url: str) -> Redis:
         retry=Retry(NoBackoff(), 1),
         retry_on_error=[ConnectionError],
     )
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the pool
 
 
 # One script makes every change to a job, so the checks and the change are one atomic step:

@@ -142,6 +142,10 @@ class Hub(JobTable):
         try:
             seq = await self._apply(change)
         except Refused as refused:
+            if refused.reason == "exists":
+                # The client retried the script after a dropped connection, and the first
+                # try had made the job (its id is new, so it can be no other's).
+                return Submitted(self.jobs.get(job.id, job), created=True)
             if refused.reason == "full":
                 raise QueueFull(self.settings.max_queue, retry_after=5) from None
             if refused.reason != "twin":
@@ -183,6 +187,17 @@ class Hub(JobTable):
         except _REDIS_DOWN as exc:
             raise BackendUnavailable(self._url, str(exc)) from exc
         return job
+
+    async def catch_up(self, seq: int) -> None:
+        """Wait until the event stream has brought ``seq`` here, if Redis handed it out."""
+        if seq <= self.log.last_seq:
+            return
+        try:
+            handed_out = int(await self._redis.get(self._keys.seq) or 0)
+        except _REDIS_DOWN:
+            return  # the stream says what it can: a reset, and the snapshot
+        if seq <= handed_out:
+            await self._caught_up(seq)
 
     async def shutdown(self) -> None:
         """Stop accepting jobs. Jobs run on the workers, which go on."""

@@ -38,62 +38,84 @@ class Reaper:
     """Finds the jobs of dead workers and takes them back, every quarter of the timeout."""
 
     def __init__(
-        self, redis: Redis, settings: Settings, registry: TaskRegistry, scripts: Scripts
+        self,
+        redis: Redis,
+        settings: Settings,
+        registry: TaskRegistry,
+        scripts: Scripts,
+        *,
+        worker: str | None = None,
     ) -> None:
         self._redis = redis
         self._registry = registry
         self._scripts = scripts
         self._keys = scripts.keys
         self._timeout = settings.heartbeat_timeout
+        self._max_jobs = settings.max_jobs
         # A consumer of its own with no heartbeat: should it die holding an entry, the next
-        # reaper takes that entry back too.
+        # reaper takes that entry back too. A worker's reaper never takes its own jobs.
         self.name = f"reaper:{socket.gethostname()}:{os.getpid()}"
+        self._spare = {self.name} if worker is None else {self.name, worker}
 
     async def run(self) -> None:
+        hold_until = 0.0
         while True:
-            try:
-                await self.reap()
-            except _REDIS_DOWN:
-                pass  # whoever follows the events reports it; try again next round
             await anyio.sleep(self._timeout / 4)
+            try:
+                if anyio.current_time() < hold_until:
+                    await self._redis.ping()
+                else:
+                    await self.reap()
+            except _REDIS_DOWN:
+                # While nobody reaches Redis, heartbeats expire without their workers being
+                # dead: once it is back, give every worker a full timeout to speak again.
+                hold_until = anyio.current_time() + self._timeout
 
     async def reap(self) -> int:
-        """Take back what dead workers held; return how many jobs."""
-        idle_ms = int(self._timeout * 1000)
+        """Take back what dead workers held, and forget the workers gone; return how many
+        jobs were taken back."""
+        keys = self._keys
+        await self._redis.zremrangebyrank(keys.jobs, 0, -(self._max_jobs + 1))  # the index
         try:
-            pending: Any = await self._redis.xpending_range(
-                self._keys.queue, GROUP, min="-", max="+", count=100, idle=idle_ms
-            )
+            consumers: Any = await self._redis.xinfo_consumers(keys.queue, GROUP)
         except ResponseError:  # no worker has created the group yet: nothing was taken
             return 0
-        consumers = sorted({entry["consumer"] for entry in pending})
-        if not consumers:
+        names = [consumer["name"] for consumer in consumers if consumer["name"] not in self._spare]
+        if not names:
             return 0
         async with self._redis.pipeline(transaction=False) as pipe:
-            for consumer in consumers:
-                pipe.exists(self._keys.worker(consumer))
+            for name in names:
+                pipe.exists(keys.worker(name))
             alive = await pipe.execute()
-        dead = {consumer for consumer, live in zip(consumers, alive, strict=True) if not live}
         taken = 0
-        for entry in pending:
-            if entry["consumer"] not in dead:
-                continue
+        for name, live in zip(names, alive, strict=True):
+            if not live:
+                taken += await self._take_all(name)
+        return taken
+
+    async def _take_all(self, consumer: str) -> int:
+        """Take back every entry a dead consumer holds, then forget the consumer."""
+        idle_ms = int(self._timeout * 1000)
+        taken = 0
+        while True:
+            pending: Any = await self._redis.xpending_range(
+                self._keys.queue, GROUP, min="-", max="+", count=100, consumername=consumer
+            )
+            if not pending:
+                # Deleting a consumer drops what it holds: only once it holds nothing.
+                await self._redis.xgroup_delconsumer(self._keys.queue, GROUP, consumer)
+                return taken
             claimed: Any = await self._redis.xclaim(
                 self._keys.queue,
                 GROUP,
                 self.name,
                 min_idle_time=idle_ms,
-                message_ids=[entry["message_id"]],
+                message_ids=[entry["message_id"] for entry in pending],
             )
-            for entry_id, fields in claimed:  # empty when another reaper was first
-                taken += await self._take_back(entry_id, fields, entry["consumer"])
-        for consumer in dead - {self.name}:
-            left = await self._redis.xpending_range(
-                self._keys.queue, GROUP, min="-", max="+", count=1, consumername=consumer
-            )
-            if not left:  # deleting a consumer drops what it holds: only once it holds nothing
-                await self._redis.xgroup_delconsumer(self._keys.queue, GROUP, consumer)
-        return taken
+            if not claimed:  # too fresh, or another reaper was first: next round
+                return taken
+            for entry_id, fields in claimed:
+                taken += await self._take_back(entry_id, fields, consumer)
 
     async def _take_back(self, entry_id: str, fields: dict[str, str], worker: str) -> int:
         keys = self._keys
@@ -109,12 +131,13 @@ class Reaper:
             task = self._registry.get(job.task) if job.task in self._registry else None
             try:
                 if task is not None and task.retry_on_restart:
+                    # The line first: once queued, another worker may start the job at once.
+                    line = f"queued again, to run from the start: {reason}"
+                    await self._scripts.apply(Change.line(job, line))
                     requeue(job)
                     await self._scripts.apply(
                         Change.of(job, "queued", expect_worker=worker, set_worker="", enqueue=True)
                     )
-                    line = f"queued again, to run from the start: {reason}"
-                    await self._scripts.apply(Change.line(job, line))
                 else:
                     error = JobError("Interrupted", reason)
                     finish(job, Outcome(JobState.INTERRUPTED, error=error))

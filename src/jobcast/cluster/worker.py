@@ -162,7 +162,10 @@ class Worker:
             group.start_soon(self._publisher.run)
             group.start_soon(self._heartbeat)
             group.start_soon(self._listen_for_cancels)
-            group.start_soon(Reaper(self._redis, self.settings, self.registry, self._scripts).run)
+            reaper = Reaper(
+                self._redis, self.settings, self.registry, self._scripts, worker=self.name
+            )
+            group.start_soon(reaper.run)
             logger.info("worker %s takes jobs (up to %d at once)", self.name, self._slots)
             try:
                 await self._take_jobs(group)
@@ -172,8 +175,13 @@ class Worker:
                     group.cancel_scope.cancel()
         try:
             await self._redis.delete(self._keys.worker(self.name))
+            mine: Any = await self._redis.xpending_range(
+                self._keys.queue, GROUP, min="-", max="+", count=1, consumername=self.name
+            )
+            if not mine:  # holding nothing: leave the group (else a reaper takes it back)
+                await self._redis.xgroup_delconsumer(self._keys.queue, GROUP, self.name)
         except _REDIS_DOWN:
-            pass  # the key expires on its own
+            pass  # the key expires on its own, and a reaper forgets this worker
 
     @property
     def stopping(self) -> bool:
@@ -182,6 +190,12 @@ class Worker:
     @property
     def _slots(self) -> int:
         return self.settings.max_workers
+
+    async def _rejoin(self) -> None:
+        try:
+            await self.join()
+        except BackendUnavailable:
+            await anyio.sleep(0.5)
 
     async def join(self) -> None:
         """Join the consumer group (creating it) and say this worker is alive."""
@@ -217,6 +231,13 @@ class Worker:
             except _REDIS_DOWN:
                 await anyio.sleep(0.5)  # the publisher reports the outage
                 continue
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
+                    raise
+                # The queue is gone (Redis lost its data, or it was flushed): make it again.
+                logger.error("the job queue is gone from Redis (%s); joining it afresh", exc)
+                await self._rejoin()
+                continue
             for _, entries in answer:
                 for entry_id, fields in entries:
                     job = Job.from_snapshot(json.loads(fields["s"]))
@@ -240,14 +261,23 @@ class Worker:
             change = Change.of(job, "running", expect_state="queued", set_worker=self.name)
             try:
                 await self._scripts.apply(change)
-            except Refused:  # cancelled meanwhile, or taken back: not ours to run
-                self._publisher.send(self._entries.pop(job.id))
-                continue
+            except Refused as refused:
+                if not await self._started_by_me(job, refused):
+                    # Cancelled meanwhile, or taken back: not ours to run.
+                    self._publisher.send(self._entries.pop(job.id))
+                    continue
             except _REDIS_DOWN:
                 job.state, job.started_at = JobState.QUEUED, None
                 self._held.appendleft(job)
                 return
             self._execution.start(job, task)
+
+    async def _started_by_me(self, job: Job, refused: Refused) -> bool:
+        """Whether a refused start had in fact been made: the client retries a command once
+        when a connection drops, and the first try may have run before the drop."""
+        if refused.reason != JobState.RUNNING.value:
+            return False
+        return bool(await self._redis.hget(self._keys.job(job.id), "worker") == self.name)
 
     async def _refuse(self, job: Job) -> None:
         message = (
