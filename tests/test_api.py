@@ -278,6 +278,7 @@ async def test_healthz(api: Start) -> None:
     _, client = await api()
     response = await client.get("/healthz")
     assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert response.json()["running"] == 0 and response.json()["queued"] == 0
 
 
 async def test_the_page_is_served_at_root(api: Start) -> None:

@@ -303,6 +303,8 @@ async def test_a_job_started_on_one_api_process_is_watched_to_its_end_on_another
     assert await job_frames(client, a, started["id"]) == on_b
     for api in (a, b):
         assert (await job(client, api, started["id"]))["state"] == "succeeded"
+        health = (await client.get(f"{api.url}/healthz")).json()
+        assert health["redis"] == "ok" and health["workers"] == 2, health
 
 
 async def test_a_stream_read_on_one_process_resumes_on_another_with_no_gap_and_no_duplicate(
@@ -602,6 +604,7 @@ async def test_redis_restarting_under_running_jobs_loses_nothing(
             cluster.redis.kill()  # nothing lost all the same: every write is fsynced
         refused = await client.post(f"{b.url}/api/tasks/count/jobs", json={"n": 3})
         not_cancelled = await client.post(f"{a.url}/api/jobs/{held['id']}/cancel")
+        health = await client.get(f"{a.url}/healthz")
         cluster.redis.start()
 
         gate.touch()
@@ -616,6 +619,7 @@ async def test_redis_restarting_under_running_jobs_loses_nothing(
         assert "retry" in answer.json()["detail"], answer.json()
         assert int(answer.headers["retry-after"]) > 0
     assert cancelled.status_code == 202, cancelled.text
+    assert health.status_code == 200 and health.json()["redis"].startswith("unreachable")
     # Both processes saw the same events, the same ids, in the same order, each once.
     assert on_a.frames[1:] == on_b.frames[1:]
     assert ids(on_a.frames) == sorted(set(ids(on_a.frames)))

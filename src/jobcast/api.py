@@ -246,9 +246,10 @@ def build_router(
 
     @router.get("/healthz", tags=["service"])
     async def healthz() -> dict[str, Any]:
-        """Liveness: answers as long as the service is up; never needs the token."""
+        """Liveness: answers as long as the service is up; never needs the token. Also says
+        how many jobs run and wait, and with Redis how many workers are alive."""
         current = runner()
-        return {"status": "ok", "last_event_id": current.log.visible_seq}
+        return {"status": "ok", "last_event_id": current.log.visible_seq, **await current.health()}
 
     @reads.get("/api/tasks", response_model=list[TaskOut], tags=["tasks"])
     async def list_tasks() -> list[dict[str, Any]]:

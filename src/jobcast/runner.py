@@ -235,6 +235,10 @@ class Runner(JobTable):
                 self._queue.remove(job)
                 self._finish(job, Outcome(JobState.FAILED, error=error))
 
+    async def health(self) -> dict[str, Any]:
+        """How many jobs run and wait."""
+        return {"running": len(self._execution.runs), "queued": len(self._queue)}
+
     async def catch_up(self, seq: int) -> None:
         """Nothing to wait for: every event of this service is published here."""
 

@@ -188,6 +188,19 @@ class Hub(JobTable):
             raise BackendUnavailable(self._url, str(exc)) from exc
         return job
 
+    async def health(self) -> dict[str, Any]:
+        """Whether Redis answers, how many jobs wait, and how many workers are alive (none:
+        queued jobs wait until a ``jobcast worker`` starts)."""
+        try:
+            queued = await self._redis.scard(self._keys.waiting)
+            workers = 0
+            async for _ in self._redis.scan_iter(match=self._keys.worker("*"), count=1000):
+                workers += 1
+        except _REDIS_DOWN as exc:
+            return {"redis": f"unreachable ({exc})"}
+        running = sum(not job.finished and job.started_at is not None for job in self.jobs.values())
+        return {"redis": "ok", "workers": workers, "running": running, "queued": queued}
+
     async def catch_up(self, seq: int) -> None:
         """Wait until the event stream has brought ``seq`` here, if Redis handed it out."""
         if seq <= self.log.last_seq:
