@@ -3,6 +3,7 @@ and ``jobcast worker`` processes, killed, stopped and restarted under running jo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -782,3 +783,29 @@ async def test_resuming_on_a_process_that_lags_behind_continues_instead_of_reset
         continuation = await events.wait(is_(new["id"], "queued"))
 
     assert head == ("queued", continuation.id)
+
+
+async def test_a_job_just_started_elsewhere_is_found_on_a_process_that_lags_behind(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    (a, b), _ = cluster.start(apis=2)
+    b.popen.send_signal(signal.SIGSTOP)
+    try:
+        # B stalls for longer than its reads of the event stream wait (1 s): it is behind
+        # once it goes on, and is asked about a job it has not read yet.
+        await anyio.sleep(1.5)
+        started = await start_job(client, a, "count", n=1)
+        async with await anyio.connect_tcp("127.0.0.1", b.port) as sock:
+            request = f"GET /api/jobs/{started['id']} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            await sock.send(request.encode())  # waits in B's socket while it is stopped
+            b.popen.send_signal(signal.SIGCONT)
+            answer = b""
+            with anyio.fail_after(10):
+                while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                    answer += await sock.receive()
+    finally:
+        b.popen.send_signal(signal.SIGCONT)
+
+    status = answer.split(b"\r\n", 1)[0]
+    assert status == b"HTTP/1.1 200 OK", answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["id"] == started["id"]

@@ -235,16 +235,16 @@ class StreamFastPath:
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            response = self._open(request, scope["path_params"].get("job_id"))
+            response = await self._open(request, scope["path_params"].get("job_id"))
         except Exception as exc:
             raise _Unanswered(exc) from None
         await response(scope, receive, send)
 
-    def _open(self, request: Request, job_id: str | None) -> Response:
+    async def _open(self, request: Request, job_id: str | None) -> Response:
         # What the routes of jobcast.api do, JobcastRoute's error answer included.
         try:
             if job_id is not None:
-                return stream.job_stream(self.runner(), request, job_id, self.streams)
+                return await stream.job_stream(self.runner(), request, job_id, self.streams)
             task = request.query_params.get("task")
             return stream.all_jobs_stream(self.runner(), request, task, self.streams)
         except JobcastError as exc:

@@ -298,7 +298,7 @@ def build_router(
     @reads.get("/api/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, tags=["jobs"])
     async def get_job(job_id: str) -> dict[str, Any]:
         """One job's snapshot."""
-        return runner().get(job_id).snapshot()
+        return (await runner().find(job_id)).snapshot()
 
     @writes.post(
         "/api/jobs/{job_id}/cancel",
@@ -324,7 +324,7 @@ def build_router(
     @reads.get("/api/jobs/{job_id}/events", responses=job_stream_responses, tags=["streams"])
     async def job_events(request: Request, job_id: str) -> Response:
         """SSE: the job's whole retained history, then live; ends after its terminal event."""
-        return stream.job_stream(runner(), request, job_id, streams)
+        return await stream.job_stream(runner(), request, job_id, streams)
 
     @reads.head("/api/events", include_in_schema=False)
     @reads.get("/api/events", responses={**_ERRORS, **_STREAM_ERRORS}, tags=["streams"])

@@ -235,6 +235,10 @@ class Runner(JobTable):
                 self._queue.remove(job)
                 self._finish(job, Outcome(JobState.FAILED, error=error))
 
+    async def find(self, job_id: str) -> Job:
+        """The job ``job_id`` (every job of this service is in its table)."""
+        return self.get(job_id)
+
     async def health(self) -> dict[str, Any]:
         """How many jobs run and wait."""
         return {"running": len(self._execution.runs), "queued": len(self._queue)}

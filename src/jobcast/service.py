@@ -28,6 +28,10 @@ class Service(Protocol):
 
     def get(self, job_id: str) -> Job: ...
 
+    async def find(self, job_id: str) -> Job:
+        """:meth:`get`, waiting for a job another process has just made to reach this one."""
+        ...
+
     def newest(
         self, *, state: JobState | None = None, task: str | None = None, limit: int = 100
     ) -> list[Job]: ...

@@ -306,7 +306,7 @@ def all_jobs_stream(
     return _open(streams, request, runner, frames)
 
 
-def job_stream(
+async def job_stream(
     runner: Service, request: Request, job_id: str, streams: StreamSlots | None = None
 ) -> Response:
     """``GET /api/jobs/{id}/events``: the job's retained history, then live, then the end.
@@ -314,7 +314,7 @@ def job_stream(
     A client that has already seen the terminal event gets 204, which tells a browser to stop
     reconnecting.
     """
-    job = runner.get(job_id)
+    job = await runner.find(job_id)
     log = runner.log
 
     def snapshot() -> tuple[bytes, int]:

@@ -164,7 +164,7 @@ class Hub(JobTable):
         Raises :class:`~jobcast.UnknownJob`, :class:`~jobcast.JobFinished` or
         :class:`~jobcast.BackendUnavailable`.
         """
-        job = await self._find(job_id)
+        job = await self.find(job_id)
         if job.finished:
             raise JobFinished(job.id, job.state.value)
         if job.state is JobState.QUEUED:
@@ -200,6 +200,25 @@ class Hub(JobTable):
             return {"redis": f"unreachable ({exc})"}
         running = sum(not job.finished and job.started_at is not None for job in self.jobs.values())
         return {"redis": "ok", "workers": workers, "running": running, "queued": queued}
+
+    async def find(self, job_id: str) -> Job:
+        """A job of the table; one started through another API process a moment ago, which
+        this one has not read yet, once it has.
+
+        Raises :class:`~jobcast.UnknownJob`, or :class:`~jobcast.BackendUnavailable` when
+        the job is not here and Redis cannot say whether it exists.
+        """
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job
+        try:
+            last = await self._redis.hget(self._keys.job(job_id), "last")
+        except _REDIS_DOWN as exc:
+            raise BackendUnavailable(self._url, str(exc)) from exc
+        if last is None:
+            raise UnknownJob(job_id)
+        await self._caught_up(int(last))
+        return self.get(job_id)
 
     async def catch_up(self, seq: int) -> None:
         """Wait until the event stream has brought ``seq`` here, if Redis handed it out."""
@@ -274,16 +293,3 @@ class Hub(JobTable):
             return await self._scripts.apply(change)
         except _REDIS_DOWN as exc:
             raise BackendUnavailable(self._url, str(exc)) from exc
-
-    async def _find(self, job_id: str) -> Job:
-        """A job of the table, or of Redis when it was started elsewhere a moment ago."""
-        job = self.jobs.get(job_id)
-        if job is not None:
-            return job
-        try:
-            snap = await self._redis.hget(self._keys.job(job_id), "snap")
-        except _REDIS_DOWN as exc:
-            raise BackendUnavailable(self._url, str(exc)) from exc
-        if snap is None:
-            raise UnknownJob(job_id)
-        return Job.from_snapshot(json.loads(snap))
