@@ -6,6 +6,8 @@ from typing import Any
 import pytest
 
 from jobcast import Settings
+from jobcast.exceptions import BackendUnavailable
+from jobcast.settings import without_password
 
 
 def test_defaults() -> None:
@@ -134,3 +136,20 @@ def test_redis_url_must_be_a_redis_url() -> None:
         Settings(redis_url="localhost:6379")
     with pytest.raises(ValueError, match="redis_prefix must not be empty"):
         Settings(redis_prefix="")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret-pass@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("rediss://app:p@ss@cache:6380/1", "rediss://app:***@cache:6380/1"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_a_redis_password_is_never_shown(url: str, shown: str) -> None:
+    assert without_password(url) == shown
+    assert "s3cret" not in repr(Settings(redis_url=url))
+    assert shown in repr(Settings(redis_url=url))
+    error = BackendUnavailable(url, "connection refused")
+    assert shown in str(error) and error.url == shown

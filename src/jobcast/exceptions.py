@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .settings import without_password
+
 __all__ = [
     "BackendUnavailable",
     "CrossOrigin",
@@ -199,6 +201,7 @@ class BackendUnavailable(JobcastError):
     retry_after = 2
 
     def __init__(self, url: str, problem: str) -> None:
+        url = without_password(url)
         self.url = url
         self.problem = problem
         super().__init__(

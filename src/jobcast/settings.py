@@ -193,6 +193,8 @@ class Settings:
             value = getattr(self, field.name)
             if field.name in _SECRET and value:
                 shown = f"<{len(value)} hidden>"
+            elif field.name == "redis_url" and value:
+                shown = repr(without_password(value))
             else:
                 shown = repr(value)
             parts.append(f"{field.name}={shown}")
@@ -231,3 +233,12 @@ def _as_tuple(name: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, Iterable) or not all(isinstance(item, str) for item in value):
         raise ValueError(f"{name} must be a comma-separated string or a list of strings")
     return tuple(item.strip() for item in value if item.strip())
+
+
+def without_password(url: str) -> str:
+    """``url`` with the password of its user part, if any, shown as ``***``: fit for logs."""
+    scheme, sep, rest = url.partition("://")
+    user, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in user:
+        return url
+    return f"{scheme}://{user.split(':', 1)[0]}:***@{host}"

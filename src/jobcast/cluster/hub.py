@@ -31,7 +31,7 @@ from ..exceptions import (
 )
 from ..jobs import Job, JobState
 from ..runner import JobTable, Submitted
-from ..settings import Settings
+from ..settings import Settings, without_password
 from ..tasks import TaskRegistry
 from ._redis import Change, Keys, Refused, Scripts, decode_event
 from .reaper import Reaper
@@ -69,7 +69,7 @@ class Hub(JobTable):
         self._scripts = Scripts.for_settings(redis, settings)
         self._keys = self._scripts.keys
         self._after = after  # the newest event loaded
-        self._url = str(settings.redis_url)
+        self._url = without_password(str(settings.redis_url))
         self._accepting = True
 
     # -- starting ------------------------------------------------------------------------------
@@ -266,10 +266,10 @@ class Hub(JobTable):
         events = [decode_event(entry_id, fields) for entry_id, fields in entries]
         jobs = self.jobs
         for event, (_, fields) in zip(events, entries, strict=True):
-            if event.name == "log":
-                continue
+            known = jobs.get(event.job_id)
+            if event.name == "log" or (known is not None and event.seq <= known.last_seq):
+                continue  # loaded at start already newer than this event
             job = Job.from_snapshot(json.loads(fields["d"])["job"])
-            known = jobs.get(job.id)
             if known is None:
                 job.first_seq = event.seq
                 jobs[job.id] = known = job
