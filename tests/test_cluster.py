@@ -681,6 +681,27 @@ async def test_a_worker_goes_on_after_redis_comes_back_without_its_data(
     assert worker.alive, worker.output()
 
 
+async def test_an_api_process_starts_over_when_redis_comes_back_without_its_data(
+    cluster: Cluster, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    (api,), _ = cluster.start(apis=1, workers=1)
+    async with feed(client, api) as events:
+        lost = await start_job(client, api, "await_file", path=str(tmp_path / "never"))
+        await events.wait(is_(lost["id"], "running"))
+        mark = len(events.frames)
+        cluster.redis.kill()
+        cluster.redis.wipe()
+        cluster.redis.start()
+        # The open stream starts over: a reset, then a snapshot of what Redis holds now.
+        await events.wait(lambda frame: frame.event == "reset", since=mark)
+        snapshot = await events.wait(lambda frame: frame.event == "snapshot", since=mark)
+
+    assert snapshot.data["jobs"] == []
+    listed = (await client.get(f"{api.url}/api/jobs")).json()
+    assert lost["id"] not in [job["id"] for job in listed]
+    assert "came back without its data" in api.output()
+
+
 async def start_jobs(client: httpx.AsyncClient, api: Api, n: int) -> list[int]:
     """Start ``n`` jobs at once; the status of each answer."""
     codes: list[int] = []

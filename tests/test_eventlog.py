@@ -353,3 +353,18 @@ async def test_a_holding_log_shows_events_only_once_stored() -> None:
     log.stored(99)  # never past what was appended
     assert log.visible_seq == second.seq
     assert log.read(first.seq, 10) == [second]
+
+
+def test_a_restarted_log_shows_a_gap_to_every_old_position_and_goes_on_from_its_new_start() -> None:
+    log = EventLog(maxlen=10)
+    for _ in range(3):
+        log.append("log", job_id="a", task="t", payload={})
+    log.restart(1000)
+    assert (log.first_seq, log.last_seq) == (1000, 999)
+    for position in (0, 2, 3):
+        with pytest.raises(Gap):
+            log.read(position, 10)
+    assert log.append("log", job_id="a", task="t", payload={}).seq == 1000
+    assert [event.seq for event in log.read(999, 10)] == [1000]
+    with pytest.raises(ValueError, match="next_seq must be after 1000"):
+        log.restart(1000)

@@ -80,6 +80,16 @@ class EventLog:
             self._push(event)
             self._visible = event.seq  # recovered: stored already
 
+    def restart(self, next_seq: int) -> None:
+        """Drop every event and go on from ``next_seq``: every cursor meets a gap (its
+        stream sends ``reset`` and a fresh snapshot). For when the history is gone."""
+        if next_seq <= self.last_seq:
+            raise ValueError(f"next_seq must be after {self.last_seq}, got {next_seq!r}")
+        self._events.clear()
+        self._offset = self._next_seq = next_seq
+        self._visible = next_seq - 1
+        self._wake()
+
     def stored(self, seq: int) -> None:
         """The store has kept every event up to ``seq``: show them to the streams."""
         seq = min(seq, self.last_seq)

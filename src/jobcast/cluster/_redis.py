@@ -21,6 +21,8 @@ Layout, under a prefix (``jobcast`` by default):
     the id of the active job of a task that refuses or joins duplicates.
 ``{p}:worker:<name>``
     a worker's heartbeat: it expires ``heartbeat_timeout`` after the worker last spoke.
+``{p}:epoch``
+    a random token set once: when it changes, Redis has lost its data.
 ``{p}:cancel``
     the pub/sub channel on which cancels reach the workers.
 """
@@ -76,6 +78,10 @@ class Keys:
     @property
     def queue(self) -> str:
         return f"{self.prefix}:queue"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
 
     @property
     def cancel(self) -> str:

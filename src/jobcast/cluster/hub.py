@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -21,6 +23,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 
 from .._execution import Outcome, finish
 from ..eventlog import EventLog
+from ..events import Event
 from ..exceptions import (
     BackendUnavailable,
     DuplicateJob,
@@ -60,6 +63,7 @@ class Hub(JobTable):
         redis: Redis,
         *,
         after: int,
+        epoch: str,
     ) -> None:
         super().__init__()
         self.registry = registry
@@ -69,6 +73,7 @@ class Hub(JobTable):
         self._scripts = Scripts.for_settings(redis, settings)
         self._keys = self._scripts.keys
         self._after = after  # the newest event loaded
+        self._epoch = epoch  # changes when Redis loses its data
         self._url = without_password(str(settings.redis_url))
         self._accepting = True
 
@@ -80,38 +85,10 @@ class Hub(JobTable):
 
         Raises :class:`~jobcast.BackendUnavailable` when Redis cannot be reached.
         """
-        keys = Keys(settings.redis_prefix)
-        try:
-            last = await Scripts.for_settings(redis, settings).last_seq()
-            async with redis.pipeline(transaction=True) as pipe:  # one moment in time
-                pipe.xrevrange(keys.events, count=settings.event_buffer)
-                pipe.zrevrange(keys.jobs, 0, settings.max_jobs - 1)
-                entries, ids = await pipe.execute()
-            rows = []
-            if ids:
-                async with redis.pipeline(transaction=False) as pipe:
-                    for job_id in ids:
-                        pipe.hmget(keys.job(job_id), "snap", "first", "last")
-                    rows = await pipe.execute()
-        except _REDIS_DOWN as exc:
-            raise BackendUnavailable(str(settings.redis_url), str(exc)) from exc
-        events = [decode_event(entry_id, fields) for entry_id, fields in reversed(entries)]
-        start = events[-1].seq if events else last
-        log = EventLog(
-            maxlen=settings.event_buffer, next_seq=(events[0].seq if events else start + 1)
-        )
-        log.extend(events)
-        hub = cls(registry, log, settings, redis, after=start)
-        gone = []
-        for job_id, (snap, first, last_seq) in zip(reversed(ids), reversed(rows), strict=True):
-            if snap is None:
-                gone.append(job_id)  # finished long ago: its record expired
-                continue
-            job = Job.from_snapshot(json.loads(snap))
-            job.first_seq, job.last_seq = int(first), int(last_seq)
-            hub.jobs[job.id] = job
-        if gone:
-            await redis.zrem(keys.jobs, *gone)
+        state = await _State.read(redis, settings)
+        log = EventLog(maxlen=settings.event_buffer, next_seq=state.first)
+        hub = cls(registry, log, settings, redis, after=state.last, epoch=state.epoch)
+        state.fill(hub.jobs, log)
         return hub
 
     def start(self, task_group: TaskGroup) -> Hub:
@@ -259,8 +236,37 @@ class Hub(JobTable):
                     "Redis at %s is back after %.1f s", self._url, time.monotonic() - down_since
                 )
                 down_since = None
+                if await self._lost_data():
+                    after = await self._reload()
+                    continue
             for _, entries in answer:
                 after = self._apply_entries(entries)
+
+    async def _lost_data(self) -> bool:
+        try:
+            epoch = await self._redis.get(self._keys.epoch)
+        except _REDIS_DOWN:
+            return False  # asked again after the next outage
+        return bool(epoch != self._epoch)
+
+    async def _reload(self) -> int:
+        """Start again from what Redis holds now, after it came back without its data."""
+        logger.error(
+            "Redis at %s came back without its data (does it run without persistence?): the "
+            "jobs it held are gone from the service; run redis-server with appendonly yes",
+            self._url,
+        )
+        while True:
+            try:
+                state = await _State.read(self._redis, self.settings)
+                break
+            except BackendUnavailable:
+                await anyio.sleep(0.5)
+        self._epoch = state.epoch
+        self.jobs.clear()
+        self.log.restart(state.first)  # open streams start over: reset, then a snapshot
+        state.fill(self.jobs, self.log)
+        return state.last
 
     def _apply_entries(self, entries: list[tuple[str, dict[str, str]]]) -> int:
         events = [decode_event(entry_id, fields) for entry_id, fields in entries]
@@ -293,3 +299,49 @@ class Hub(JobTable):
             return await self._scripts.apply(change)
         except _REDIS_DOWN as exc:
             raise BackendUnavailable(self._url, str(exc)) from exc
+
+
+@dataclass(slots=True)
+class _State:
+    """What Redis holds at one moment: the newest events and the jobs."""
+
+    epoch: str
+    last: int  # the newest event id handed out
+    events: list[Event]
+    jobs: list[Job]
+
+    @property
+    def first(self) -> int:
+        """The id the log starts at."""
+        return self.events[0].seq if self.events else self.last + 1
+
+    @classmethod
+    async def read(cls, redis: Redis, settings: Settings) -> _State:
+        keys = Keys(settings.redis_prefix)
+        try:
+            await redis.set(keys.epoch, uuid.uuid4().hex, nx=True)
+            last = await Scripts.for_settings(redis, settings).last_seq()
+            async with redis.pipeline(transaction=True) as pipe:  # one moment in time
+                pipe.get(keys.epoch)
+                pipe.xrevrange(keys.events, count=settings.event_buffer)
+                pipe.zrevrange(keys.jobs, 0, settings.max_jobs - 1)
+                epoch, entries, ids = await pipe.execute()
+            async with redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hmget(keys.job(job_id), "snap", "first", "last")
+                rows = await pipe.execute() if ids else []
+        except _REDIS_DOWN as exc:
+            raise BackendUnavailable(str(settings.redis_url), str(exc)) from exc
+        events = [decode_event(entry_id, fields) for entry_id, fields in reversed(entries)]
+        jobs = []
+        for snap, first, last_seq in reversed(rows):
+            if snap is not None:  # else finished long ago: its record expired
+                job = Job.from_snapshot(json.loads(snap))
+                job.first_seq, job.last_seq = int(first), int(last_seq)
+                jobs.append(job)
+        return cls(epoch, events[-1].seq if events else last, events, jobs)
+
+    def fill(self, table: dict[str, Job], log: EventLog) -> None:
+        log.extend(self.events)
+        for job in self.jobs:
+            table[job.id] = job
