@@ -381,6 +381,7 @@ async def test_a_worker_killed_mid_job_is_noticed_and_its_jobs_are_interrupted_o
     assert story[-2:] == [f"waiting for {gate}", "succeeded"], story
     assert (await job(client, api, held["id"]))["state"] == "interrupted"
     assert (await job(client, api, retried["id"]))["state"] == "succeeded"
+    assert (await client.get(f"{api.url}/healthz")).json()["workers"] == 1
 
 
 async def test_a_dead_workers_job_is_taken_back_behind_a_hundred_long_jobs_of_live_ones(

@@ -21,6 +21,8 @@ Layout, under a prefix (``jobcast`` by default):
     the id of the active job of a task that refuses or joins duplicates.
 ``{p}:worker:<name>``
     a worker's heartbeat: it expires ``heartbeat_timeout`` after the worker last spoke.
+``{p}:workers``
+    the names of the workers that have spoken, for counting the live ones.
 ``{p}:epoch``
     a random token set once: when it changes, Redis has lost its data.
 ``{p}:cancel``
@@ -89,6 +91,10 @@ class Keys:
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
 
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"

@@ -168,13 +168,21 @@ class Hub(JobTable):
     async def health(self) -> dict[str, Any]:
         """Whether Redis answers, how many jobs wait, and how many workers are alive (none:
         queued jobs wait until a ``jobcast worker`` starts)."""
+        keys = self._keys
         try:
-            queued = await self._redis.scard(self._keys.waiting)
-            workers = 0
-            async for _ in self._redis.scan_iter(match=self._keys.worker("*"), count=1000):
-                workers += 1
+            queued = await self._redis.scard(keys.waiting)
+            members: Any = await self._redis.smembers(keys.workers)
+            names: list[str] = sorted(members)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.exists(keys.worker(name))
+                alive = await pipe.execute() if names else []
+            gone = [name for name, live in zip(names, alive, strict=True) if not live]
+            if gone:
+                await self._redis.srem(keys.workers, *gone)
         except _REDIS_DOWN as exc:
             return {"redis": f"unreachable ({exc})"}
+        workers = len(names) - len(gone)
         running = sum(not job.finished and job.started_at is not None for job in self.jobs.values())
         return {"redis": "ok", "workers": workers, "running": running, "queued": queued}
 

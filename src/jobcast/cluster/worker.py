@@ -175,6 +175,7 @@ class Worker:
                     group.cancel_scope.cancel()
         try:
             await self._redis.delete(self._keys.worker(self.name))
+            await self._redis.srem(self._keys.workers, self.name)
             mine: Any = await self._redis.xpending_range(
                 self._keys.queue, GROUP, min="-", max="+", count=1, consumername=self.name
             )
@@ -314,9 +315,12 @@ class Worker:
 
     async def _beat(self) -> None:
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()})
-        await self._redis.set(
-            self._keys.worker(self.name), info, px=int(self.settings.heartbeat_timeout * 1000)
-        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(
+                self._keys.worker(self.name), info, px=int(self.settings.heartbeat_timeout * 1000)
+            )
+            pipe.sadd(self._keys.workers, self.name)
+            await pipe.execute()
 
     async def _heartbeat(self) -> None:
         assert self._execution is not None
