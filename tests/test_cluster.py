@@ -539,34 +539,44 @@ async def test_concurrent_starts_of_a_job_that_refuses_duplicates_make_one_job_a
     await until(both_list_them)
 
 
-async def burst(api: Api, n: int) -> Counter[int]:
-    """Start ``n`` jobs at once, from one client; how many answers of each status."""
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+async def burst(*apis: Api, n: int) -> Counter[int]:
+    """Start ``n`` jobs at once on each of ``apis``, from one client; how many answers of
+    each status."""
+    limits = httpx.Limits(max_connections=n * len(apis), max_keepalive_connections=n)
     codes: Counter[int] = Counter()
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
 
-        async def start() -> None:
+        async def start(api: Api) -> None:
             response = await client.post(f"{api.url}/api/tasks/count/jobs", json={"n": 1})
             codes[response.status_code] += 1
 
         async with anyio.create_task_group() as group:
             for _ in range(n):
-                group.start_soon(start)
+                for api in apis:
+                    group.start_soon(start, api)
     return codes
 
 
 async def test_the_rate_limit_holds_for_a_burst_of_concurrent_starts(cluster: Cluster) -> None:
     (api,), _ = cluster.start(apis=1, env={"JOBCAST_JOBS_PER_MINUTE": "10"})
 
-    codes = await burst(api, 30)
+    codes = await burst(api, n=30)
 
     assert codes == {202: 10, 429: 20}
+
+
+async def test_the_rate_limit_is_one_for_every_api_process(cluster: Cluster) -> None:
+    (a, b), _ = cluster.start(apis=2, env={"JOBCAST_JOBS_PER_MINUTE": "10"})
+
+    codes = await burst(a, b, n=8)
+
+    assert codes == {202: 10, 429: 6}
 
 
 async def test_a_burst_of_starts_larger_than_the_redis_pool_is_accepted(cluster: Cluster) -> None:
     (api,), _ = cluster.start(apis=1, env={"JOBCAST_JOBS_PER_MINUTE": "1000"})
 
-    codes = await burst(api, 200)
+    codes = await burst(api, n=200)
 
     assert codes == {202: 200}
 

@@ -11,7 +11,7 @@ import math
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -19,6 +19,7 @@ from .exceptions import RateLimited, StreamsFull, TooManyStreams
 
 __all__ = [
     "JobRate",
+    "StartRate",
     "ParamsProblem",
     "Slot",
     "StreamSlots",
@@ -54,6 +55,19 @@ def client_key(scope: Any) -> str:
     return host
 
 
+class StartRate(Protocol):
+    """How many jobs a client may start: one process's :class:`JobRate`, or one shared by
+    every API process through Redis."""
+
+    async def take(self, client: str) -> None:
+        """Count one start; raise :class:`~jobcast.exceptions.RateLimited` past the limit."""
+        ...
+
+    async def give_back(self, client: str) -> None:
+        """Undo a :meth:`take` whose start made no job."""
+        ...
+
+
 class JobRate:
     """At most ``per_minute`` job starts per client per minute: a token bucket per client.
 
@@ -86,6 +100,15 @@ class JobRate:
         self._buckets.move_to_end(client)
         while len(self._buckets) > self._max_clients:
             self._buckets.popitem(last=False)
+
+    async def take(self, client: str) -> None:
+        """:meth:`check`, then :meth:`spend` (the :class:`StartRate` of one process)."""
+        self.check(client)
+        self.spend(client)
+
+    async def give_back(self, client: str) -> None:
+        """:meth:`refund`."""
+        self.refund(client)
 
     def refund(self, client: str, now: float | None = None) -> None:
         """Give back what :meth:`spend` took, for a start that made no job."""

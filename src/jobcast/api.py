@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from . import stream
-from ._limits import JobRate, ParamsProblem, StreamSlots, check_params, client_key, too_deep
+from ._limits import ParamsProblem, StreamSlots, check_params, client_key, too_deep
 from .exceptions import (
     BackendUnavailable,
     CrossOrigin,
@@ -163,15 +163,12 @@ _STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _submit(
-    runner: Service, rate: JobRate, request: Request, task: str, params: object
-) -> JSONResponse:
+async def _submit(runner: Service, request: Request, task: str, params: object) -> JSONResponse:
     """202 and the new job; 200 and the existing one when the task joins duplicates."""
     client = client_key(request.scope)
-    rate.check(client)
-    # Spent before the submit awaits, so concurrent requests cannot all pass the check;
+    # Taken before the submit awaits, so concurrent requests cannot all pass the check;
     # given back when no job was made.
-    rate.spend(client)
+    await runner.rate.take(client)
     created = False
     try:
         job, created = await runner.submit(task, params)
@@ -180,7 +177,7 @@ async def _submit(
         raise RequestValidationError(errors) from exc
     finally:
         if not created:
-            rate.refund(client)
+            await runner.rate.give_back(client)
     return JSONResponse(
         job.snapshot(),
         status_code=202 if created else 200,
@@ -189,7 +186,7 @@ async def _submit(
 
 
 def _typed_endpoint(
-    task: Task, runner: Callable[[], Service], rate: JobRate
+    task: Task, runner: Callable[[], Service]
 ) -> Callable[..., Coroutine[Any, Any, Response]]:
     """An endpoint whose body is ``task``'s params model, so /docs shows its form.
 
@@ -200,7 +197,7 @@ def _typed_endpoint(
 
     async def start_job(request: Request, params: Any = None) -> Response:
         values = params.model_dump() if params is not None else {}
-        return await _submit(runner(), rate, request, task.name, values)
+        return await _submit(runner(), request, task.name, values)
 
     default = Body(...) if required else Body(None)
     start_job.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -227,7 +224,6 @@ def build_router(
     ``streams`` counts the open streams; the caller runs its watchdog.
     """
     guard = Guard(settings)
-    rate = JobRate(settings.jobs_per_minute)
     route_class = JobcastRoute.limited(settings)
     auth = _AUTH_ERRORS if guard.enabled else {}
     router = APIRouter(route_class=route_class)
@@ -259,7 +255,7 @@ def build_router(
     for task in tasks:
         writes.add_api_route(
             f"/api/tasks/{task.name}/jobs",
-            _typed_endpoint(task, runner, rate),
+            _typed_endpoint(task, runner),
             methods=["POST"],
             status_code=202,
             response_model=JobOut,
@@ -284,7 +280,7 @@ def build_router(
 
         Answers 202 with the job and its `Location`.
         """
-        return await _submit(runner(), rate, request, task, params or {})
+        return await _submit(runner(), request, task, params or {})
 
     @reads.get("/api/jobs", response_model=list[JobOut], tags=["jobs"])
     async def list_jobs(

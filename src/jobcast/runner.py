@@ -16,6 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._execution import Execution, Outcome, Run, finish, requeue
+from ._limits import JobRate
 from .eventlog import EventLog
 from .exceptions import (
     DuplicateJob,
@@ -130,6 +131,7 @@ class Runner(JobTable):
         self._store = store
         self._publisher = LocalPublisher(log, store)
         self._execution = Execution(settings, task_group, self._publisher, self._ended)
+        self.rate = JobRate(settings.jobs_per_minute)
         self._queue: deque[Job] = deque()
         self._accepting = True
         self._stopped = anyio.Event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from ._limits import StartRate
 from .eventlog import EventLog
 from .jobs import Job, JobState
 from .runner import Submitted
@@ -21,6 +22,11 @@ class Service(Protocol):
     settings: Settings
     log: EventLog
     jobs: dict[str, Job]
+
+    @property
+    def rate(self) -> StartRate:
+        """How many jobs each client may start."""
+        ...
 
     async def submit(self, task_name: str, params: object) -> Submitted: ...
 

@@ -25,6 +25,8 @@ Layout, under a prefix (``jobcast`` by default):
     the names of the workers that have spoken, for counting the live ones.
 ``{p}:epoch``
     a random token set once: when it changes, Redis has lost its data.
+``{p}:rate:<client>``
+    a client's token bucket for starting jobs, shared by every API process.
 ``{p}:cancel``
     the pub/sub channel on which cancels reach the workers.
 """
@@ -44,12 +46,23 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..events import Event, encode_json
+from ..exceptions import BackendUnavailable, RateLimited
 from ..jobs import Job
 from ..settings import Settings
 
-__all__ = ["GROUP", "Change", "Keys", "Refused", "Scripts", "connect", "decode_event"]
+__all__ = [
+    "GROUP",
+    "Change",
+    "Keys",
+    "Refused",
+    "Scripts",
+    "SharedRate",
+    "connect",
+    "decode_event",
+]
 
 #: The consumer group of the job queue: every worker reads through it.
 GROUP = "workers"
@@ -95,6 +108,9 @@ class Keys:
     @property
     def workers(self) -> str:
         return f"{self.prefix}:workers"
+
+    def rate(self, client: str) -> str:
+        return f"{self.prefix}:rate:{client}"
 
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
@@ -194,6 +210,50 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 return redis.call('GET', KEYS[1])
 """
+
+
+# A token bucket per client, on Redis's clock: every API process counts against the same one.
+_TAKE = """
+local capacity, refill, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(bucket[1]) or capacity
+local at = tonumber(bucket[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - at) * refill)
+if cost > 0 and tokens < 1 then
+    return math.ceil((1 - tokens) / refill)
+end
+tokens = math.min(capacity, tokens - cost)
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', string.format('%.6f', now))
+redis.call('EXPIRE', KEYS[1], math.ceil(capacity / refill) + 1)
+return 0
+"""
+
+
+class SharedRate:
+    """Jobs a client may start per minute, counted in Redis across every API process."""
+
+    def __init__(self, redis: Redis, keys: Keys, per_minute: int, *, url: str) -> None:
+        self._keys = keys
+        self._url = url
+        self._per_minute = per_minute
+        self._args = (str(per_minute), repr(per_minute / 60.0))
+        self._take: AsyncScript = redis.register_script(_TAKE)
+
+    async def take(self, client: str) -> None:
+        retry_after = int(await self._call(client, 1))
+        if retry_after:
+            raise RateLimited(self._per_minute, retry_after)
+
+    async def give_back(self, client: str) -> None:
+        await self._call(client, -1)
+
+    async def _call(self, client: str, cost: int) -> Any:
+        try:
+            return await self._take(keys=[self._keys.rate(client)], args=[*self._args, cost])
+        except (ConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BackendUnavailable(self._url, str(exc)) from exc
 
 
 class Refused(Exception):

@@ -36,7 +36,7 @@ from ..jobs import Job, JobState
 from ..runner import JobTable, Submitted
 from ..settings import Settings, without_password
 from ..tasks import TaskRegistry
-from ._redis import Change, Keys, Refused, Scripts, decode_event
+from ._redis import Change, Keys, Refused, Scripts, SharedRate, decode_event
 from .reaper import Reaper
 
 __all__ = ["Hub"]
@@ -75,6 +75,7 @@ class Hub(JobTable):
         self._after = after  # the newest event loaded
         self._epoch = epoch  # changes when Redis loses its data
         self._url = without_password(str(settings.redis_url))
+        self.rate = SharedRate(redis, self._keys, settings.jobs_per_minute, url=self._url)
         self._accepting = True
 
     # -- starting ------------------------------------------------------------------------------
