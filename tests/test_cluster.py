@@ -431,6 +431,8 @@ async def test_sigterm_drains_a_worker_its_short_job_finishes_and_it_exits(
     assert draining.popen.returncode == 0, draining.output()
     # Past the grace period, the job that would not end was stopped.
     assert stopped.event == "interrupted"
+    message = stopped.data["job"]["error"]["message"]
+    assert message.startswith("the worker ") and "stopped while the job was running" in message
     # The job started meanwhile was left to the others, still queued: not lost.
     assert (await job(client, api, later["id"]))["state"] == "queued"
     cluster.worker()

@@ -86,9 +86,16 @@ class Execution:
     """
 
     def __init__(
-        self, settings: Settings, task_group: TaskGroup, publisher: Publisher, on_end: OnEnd
+        self,
+        settings: Settings,
+        task_group: TaskGroup,
+        publisher: Publisher,
+        on_end: OnEnd,
+        *,
+        host: str = "server",
     ) -> None:
         self.settings = settings
+        self._host = host  # what a stopped job's error says stopped: the server, a worker
         self.runs: dict[str, Run] = {}
         self._task_group = task_group
         self._publisher = publisher
@@ -156,7 +163,7 @@ class Execution:
             self._end(run, outcome)
             return
         # Shutdown outlasted the grace period: the thread is abandoned, the job recorded.
-        error = JobError("Interrupted", "the server stopped before the job could finish")
+        error = JobError("Interrupted", f"the {self._host} stopped before the job could finish")
         self._end(run, Outcome(JobState.INTERRUPTED, error=error))
 
     async def _execute(self, run: Run) -> Outcome:
@@ -217,7 +224,7 @@ class Execution:
 
     def _stopped(self, run: Run) -> Outcome:
         if run.stopping:
-            error = JobError("Interrupted", "the server stopped while the job was running")
+            error = JobError("Interrupted", f"the {self._host} stopped while the job was running")
             return Outcome(JobState.INTERRUPTED, error=error)
         return Outcome(JobState.CANCELLED)
 

@@ -158,7 +158,9 @@ class Worker:
         """Run jobs until :meth:`stop`, then drain and return."""
         await self.join()
         async with anyio.create_task_group() as group:
-            self._execution = Execution(self.settings, group, self._publisher, self._ended)
+            self._execution = Execution(
+                self.settings, group, self._publisher, self._ended, host=f"worker {self.name}"
+            )
             group.start_soon(self._publisher.run)
             group.start_soon(self._heartbeat)
             group.start_soon(self._listen_for_cancels)
