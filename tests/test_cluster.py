@@ -715,6 +715,30 @@ async def test_an_api_process_starts_over_when_redis_comes_back_without_its_data
     assert "came back without its data" in api.output()
 
 
+async def test_an_api_process_that_fell_behind_the_trimmed_stream_starts_over(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    env = {"JOBCAST_RETAIN_EVENTS": "100"}  # Redis keeps whole nodes of 100 entries
+    (a, b), _ = cluster.start(apis=2, workers=1, env=env)
+    b.popen.send_signal(signal.SIGSTOP)
+    try:
+        early = await start_job(client, a, "count", n=1)
+        await until(lambda: job_state(client, a, early["id"], "succeeded"))
+        flood = await start_job(client, a, "flood", lines=1000, width=10)
+        await until(lambda: job_state(client, a, flood["id"], "succeeded"))
+    finally:
+        b.popen.send_signal(signal.SIGCONT)
+
+    # B never read the early job's events, which are gone from Redis: it loads it instead.
+    await until(lambda: job_state(client, b, early["id"], "succeeded"))
+    assert "were trimmed from Redis before this process read them" in b.output()
+
+
+async def job_state(client: httpx.AsyncClient, api: Api, job_id: str, state: str) -> bool:
+    answer = await client.get(f"{api.url}/api/jobs/{job_id}")
+    return answer.status_code == 200 and answer.json()["state"] == state
+
+
 async def start_jobs(client: httpx.AsyncClient, api: Api, n: int) -> list[int]:
     """Start ``n`` jobs at once; the status of each answer."""
     codes: list[int] = []

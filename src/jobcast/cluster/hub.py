@@ -246,9 +246,21 @@ class Hub(JobTable):
                 )
                 down_since = None
                 if await self._lost_data():
-                    after = await self._reload()
+                    after = await self._reload(
+                        "Redis came back without its data (does it run without persistence?): "
+                        "the jobs it held are gone from the service; run redis-server with "
+                        "appendonly yes"
+                    )
                     continue
             for _, entries in answer:
+                first = int(entries[0][0].partition("-")[0])
+                if first > after + 1:  # ids are consecutive: Redis trimmed what we had not read
+                    after = await self._reload(
+                        f"events {after + 1} to {first - 1} were trimmed from Redis before this "
+                        "process read them: it fell behind (a long pause?); raise "
+                        "JOBCAST_RETAIN_EVENTS if it happens often"
+                    )
+                    break
                 after = self._apply_entries(entries)
 
     async def _lost_data(self) -> bool:
@@ -258,13 +270,9 @@ class Hub(JobTable):
             return False  # asked again after the next outage
         return bool(epoch != self._epoch)
 
-    async def _reload(self) -> int:
-        """Start again from what Redis holds now, after it came back without its data."""
-        logger.error(
-            "Redis at %s came back without its data (does it run without persistence?): the "
-            "jobs it held are gone from the service; run redis-server with appendonly yes",
-            self._url,
-        )
+    async def _reload(self, why: str) -> int:
+        """Start again from what Redis holds now: some of the history is gone, ``why``."""
+        logger.error("Redis at %s: %s; starting over from what it holds", self._url, why)
         while True:
             try:
                 state = await _State.read(self._redis, self.settings)
