@@ -214,3 +214,35 @@ def await_file(ctx: JobContext, path: str) -> str:
 
 served.task(await_file)
 served.task(name="await_file_again", retry_on_restart=True)(await_file)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def spin(ctx: JobContext) -> None:
+    """Log this worker process's pid, then burn CPU, never looking at cancel."""
+    ctx.log(f"pid {os.getpid()}")
+    while True:
+        sum(range(1000))
+
+
+def exclusive(ctx: JobContext, path: str) -> None:
+    """Write this run's pid to `path`, and "overlap" first when a run written there before
+    still runs; then log the pid and spin."""
+    with open(path, "a+") as runs:
+        runs.seek(0)
+        if any(alive(int(pid)) for pid in runs.read().split() if pid.isdigit()):
+            runs.write("overlap\n")
+        runs.write(f"{os.getpid()}\n")
+    spin(ctx)
+
+
+served.task(mode="process")(spin)
+served.task(mode="process", retry_on_restart=True)(exclusive)
+served.command("family", ["sh", "-c", "sleep 600 & echo child $!; echo self $$; wait"])

@@ -106,7 +106,7 @@ async def api() -> AsyncIterator[Callable[..., Any]]:
             app = jobs.create_app()
             await stack.enter_async_context(jobs.lifespan(app))
             transport = httpx.ASGITransport(app=app)
-            client = httpx.AsyncClient(transport=transport, base_url="http://jobcast.test")
+            client = httpx.AsyncClient(transport=transport, base_url="http://jobcast.localhost")
             await stack.enter_async_context(client)
             return jobs, client
 

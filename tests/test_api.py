@@ -294,7 +294,9 @@ async def test_the_page_is_served_at_root(api: Start) -> None:
 async def test_routes_answer_503_when_the_service_is_not_running() -> None:
     jobs = JobCast()
     transport = httpx.ASGITransport(app=jobs.create_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://jobcast.test") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://jobcast.localhost"
+    ) as client:
         response = await client.get("/api/jobs")
     assert response.status_code == 503
     assert "not running" in response.json()["detail"]
@@ -360,7 +362,7 @@ async def test_the_router_mounts_into_an_existing_app_with_the_lifespan() -> Non
     app.include_router(jobs.router)
     async with jobs.lifespan(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://x.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://x.localhost") as client:
             assert (await client.get("/mine")).json() == {"mine": True}
             created = (await client.post("/api/tasks/double/jobs", json={"x": 21})).json()
             job = await wait_job(jobs, created["id"])

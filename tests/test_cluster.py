@@ -633,7 +633,9 @@ async def test_redis_restarting_under_running_jobs_loses_nothing(
         assert "retry" in answer.json()["detail"], answer.json()
         assert int(answer.headers["retry-after"]) > 0
     assert cancelled.status_code == 202, cancelled.text
-    assert health.status_code == 200 and health.json()["redis"].startswith("unreachable")
+    # While Redis is down the service cannot take jobs: its health check says so, and why.
+    assert health.status_code == 503 and health.json()["redis"].startswith("unreachable")
+    assert health.json()["status"] == "failing" and "JOBCAST_REDIS_URL" in health.json()["problem"]
     # Both processes saw the same events, the same ids, in the same order, each once.
     assert on_a.frames[1:] == on_b.frames[1:]
     assert ids(on_a.frames) == sorted(set(ids(on_a.frames)))

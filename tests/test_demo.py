@@ -18,7 +18,9 @@ pytestmark = pytest.mark.anyio
 async def demo() -> AsyncIterator[httpx.AsyncClient]:
     async with jobs.lifespan(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://demo.test") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://demo.localhost"
+        ) as client:
             yield client
 
 
@@ -28,13 +30,14 @@ async def test_the_recipe_endpoints_stay_true_while_any_overlapping_run_goes_on(
     assert (await demo.get("/api/background-task")).json() == {"status": False}
     assert (await demo.post("/api/background-task")).json() == {"message": "ok"}
     assert (await demo.post("/api/background-task")).json() == {"message": "ok"}
-    first, second = sorted(jobs.runner.newest(task="heavy"), key=lambda job: job.created_at)
+    newest = jobs.runner.newest(task="heavy")
+    first, second = sorted(newest, key=lambda job: str(job["created_at"]))
     # The recipe's flag went false when the first run ended while the second still ran.
-    await demo.post(f"/api/jobs/{first.id}/cancel")
-    await wait_job(jobs, first.id)
+    await demo.post(f"/api/jobs/{first['id']}/cancel")
+    await wait_job(jobs, first["id"])
     assert (await demo.get("/api/background-task")).json() == {"status": True}
-    await demo.post(f"/api/jobs/{second.id}/cancel")
-    await wait_job(jobs, second.id)
+    await demo.post(f"/api/jobs/{second['id']}/cancel")
+    await wait_job(jobs, second["id"])
     assert (await demo.get("/api/background-task")).json() == {"status": False}
 
 

@@ -236,14 +236,18 @@ def test_a_frame_is_encoded_once_and_read_as_the_same_bytes() -> None:
     assert second.frame is event.frame
 
 
-def test_payload_that_is_not_valid_json_is_refused_and_takes_no_number() -> None:
+def test_a_payload_json_cannot_carry_is_sent_cleaned_and_the_fault_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     log = EventLog()
 
-    with pytest.raises(ValueError):
-        add(log, rate=math.nan)
+    event = add(log, rate=math.nan, when=object(), text="caf\udce9")
 
-    assert log.last_seq == 0
-    assert add(log).seq == 1
+    data = json.loads(event.frame.split(b"data: ", 1)[1])
+    assert data["rate"] is None and data["when"].startswith("<object object")
+    assert data["text"] == "caf\ufffd"
+    assert "could not encode" in caplog.text
+    assert add(log).seq == event.seq + 1
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from tests.sse import open_stream
 TOKEN = "s3cret-token-for-tests-0123456789"
 OTHER = "another-token-for-tests-987654321"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
-BASE = "http://jobcast.test"
+BASE = "http://jobcast.localhost"
 
 Serve = Callable[..., tuple[JobCast, Server]]
 
@@ -243,7 +243,7 @@ async def test_a_page_of_another_origin_cannot_start_a_job(token: str | None) ->
     options = {"token": token} if token else {}
     headers = BEARER if token else {}
     async with service(**options) as svc:
-        for origin in ("https://evil.example", "null", "http://jobcast.test.evil.example"):
+        for origin in ("https://evil.example", "null", "http://jobcast.localhost.evil.example"):
             refused = await svc.client.post(
                 "/api/tasks/count/jobs", json={"n": 1}, headers={**headers, "Origin": origin}
             )

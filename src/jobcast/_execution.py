@@ -8,7 +8,6 @@ where jobs come from and where events go (:class:`Publisher`), not in how a job 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -23,9 +22,11 @@ from anyio.abc import TaskGroup
 from . import _tqdm
 from ._process import run_in_process
 from ._threads import run_in_daemon_thread
+from ._wire import NotJson, check_json, describe, finite
 from .commands import build_argv, run_command
 from .context import JobContext
-from .exceptions import JobCancelled
+from .events import encode_json_bytes
+from .exceptions import JobCancelled, TaskError
 from .jobs import Job, JobError, JobState, ProgressMeter
 from .settings import Settings
 from .tasks import Task
@@ -35,6 +36,9 @@ __all__ = ["Execution", "Outcome", "Publisher", "Run", "finish", "requeue"]
 logger = logging.getLogger("jobcast")
 
 Reading = tuple[float, float | None, str | None]
+
+#: Characters kept of a progress message (it rides on every progress event).
+MAX_PROGRESS_MESSAGE = 1000
 
 
 class Publisher(Protocol):
@@ -117,7 +121,7 @@ class Execution:
             task.name,
             job.params,
             loop=self._loop,
-            on_lines=lambda lines: self._publish_lines(run, lines),
+            on_lines=lambda lines: self._take_lines(run, lines),
         )
         run = Run(job, task, ctx, ProgressMeter(time.monotonic()))
         self.runs[job.id] = run
@@ -155,16 +159,51 @@ class Execution:
     # -- one run -------------------------------------------------------------------------------
 
     async def _supervise(self, run: Run) -> None:
+        # Whatever goes wrong in here is this job's problem: nothing but cancellation may
+        # leave a supervisor, since the task group it runs in is the whole service's.
+        try:
+            outcome = await self._outcome(run)
+        except Exception as exc:
+            outcome = self._internal_error(run, "running", exc)
+        try:
+            self._end(run, outcome)
+        except Exception as exc:
+            failure = self._internal_error(run, "publishing the end of", exc)
+            try:
+                self._on_end(run, failure)
+            except Exception:
+                logger.exception(
+                    "job %s is left unfinished: its end cannot be published", run.job.id
+                )
+
+    async def _outcome(self, run: Run) -> Outcome:
         with run.scope:
             async with anyio.create_task_group() as reporters:
                 reporters.start_soon(self._report_progress, run)
                 outcome = await self._execute(run)
                 reporters.cancel_scope.cancel()
-            self._end(run, outcome)
-            return
+            return outcome
         # Shutdown outlasted the grace period: the thread is abandoned, the job recorded.
         error = JobError("Interrupted", f"the {self._host} stopped before the job could finish")
-        self._end(run, Outcome(JobState.INTERRUPTED, error=error))
+        return Outcome(JobState.INTERRUPTED, error=error)
+
+    def _internal_error(self, run: Run, when: str, exc: Exception) -> Outcome:
+        """A failure of jobcast's own (a bug): it fails the job, and the service goes on."""
+        logger.error(
+            "jobcast failed while %s job %s (task %s); the job fails, the service goes on",
+            when,
+            run.job.id,
+            run.task.name,
+            exc_info=exc,
+        )
+        cause: BaseException = exc
+        while isinstance(cause, BaseExceptionGroup) and len(cause.exceptions) == 1:
+            cause = cause.exceptions[0]
+        message = (
+            f"jobcast failed while {when} the job ({describe(type(cause).__name__, 100)}: "
+            f"{describe(cause, 500)}); the server log has the details: please report it"
+        )
+        return Outcome(JobState.FAILED, error=JobError("InternalError", message))
 
     async def _execute(self, run: Run) -> Outcome:
         task, ctx = run.task, run.ctx
@@ -173,24 +212,59 @@ class Execution:
                 result = await self._call(task, ctx, run.job.params)
         except JobCancelled:
             return self._stopped(run)
+        except TaskError as exc:
+            self._log_failure(run, exc)
+            return Outcome(JobState.FAILED, error=JobError.from_exception(exc))
         except Exception as exc:
             logger.error("job %s (task %s) failed", run.job.id, task.name, exc_info=exc)
             return Outcome(JobState.FAILED, error=JobError.from_exception(exc))
         if deadline.cancelled_caught:
             ctx.cancel()  # a cooperative task stops; one that does not is abandoned
             message = f"task {task.name!r} ran past its timeout of {task.timeout:g} s"
+            logger.warning("job %s (task %s) failed: %s", run.job.id, task.name, message)
             return Outcome(JobState.FAILED, error=JobError("TimeoutError", message))
         if ctx.cancelled:
             return self._stopped(run)
+        return self._succeeded(task, result)
+
+    def _succeeded(self, task: Task, result: Any) -> Outcome:
+        """Success with ``result``, when JSON can carry it and it is not too large."""
         try:
-            json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+            check_json(result, name="the result")
+        except NotJson as exc:
             message = (
-                f"task {task.name!r} returned a result that is not JSON-serialisable ({exc}); "
-                "return dicts, lists, strings, numbers, booleans or None"
+                f"task {task.name!r} returned a result that is not JSON-serialisable: {exc}; "
+                "return dicts, lists, strings, finite numbers, booleans or None"
             )
             return Outcome(JobState.FAILED, error=JobError("ResultNotSerializable", message))
+        size = len(encode_json_bytes(result))
+        limit = self.settings.max_result_bytes
+        if size > limit:
+            message = (
+                f"task {task.name!r} returned a result of {size:,} bytes as JSON, more than "
+                f"the {limit:,} a job may keep (JOBCAST_MAX_RESULT_BYTES); write large data "
+                "to a file and return its path"
+            )
+            return Outcome(JobState.FAILED, error=JobError("ResultTooLarge", message))
         return Outcome(JobState.SUCCEEDED, result=result)
+
+    def _log_failure(self, run: Run, exc: TaskError) -> None:
+        """A task's own exception in a worker process logs its traceback; a program that
+        failed logs one line: jobcast's own frames would tell the operator nothing."""
+        job, task = run.job, run.task
+        if exc.trace:
+            logger.error("job %s (task %s) failed", job.id, task.name, exc_info=exc)
+            return
+        first = describe(exc.message).partition("\n")[0]
+        logger.error(
+            "job %s (task %s) failed: %s: %s (its output is in the job's log: "
+            "GET /api/jobs/%s/events)",
+            job.id,
+            task.name,
+            exc.type_name,
+            first,
+            job.id,
+        )
 
     async def _call(self, task: Task, ctx: JobContext, params: dict[str, Any]) -> Any:
         kill_grace = self.settings.kill_grace
@@ -235,17 +309,29 @@ class Execution:
                 self._publisher.state(run.job, "progress")
 
     def _read_progress(self, run: Run) -> bool:
-        """Update the job's progress from its context; return whether it changed."""
+        """Update the job's progress from its context; return whether it changed.
+
+        A task may report anything: numbers that are not finite (or not numbers) are
+        dropped, and the message is made safe text of bounded length.
+        """
         reading = run.ctx.reading()
         if reading == run.reading:
             return False
         run.reading = reading
-        run.job.progress = run.meter.read(*reading, now=time.monotonic())
+        current, total, message = reading
+        previous = run.job.progress
+        number = finite(current)
+        if number is None:
+            number = 0.0 if previous is None else previous.current
+        text = None if message is None else describe(message, MAX_PROGRESS_MESSAGE)
+        run.job.progress = run.meter.read(number, finite(total), text, now=time.monotonic())
         return True
 
     def _end(self, run: Run, outcome: Outcome) -> None:
-        del self.runs[run.job.id]
-        self._per_task[run.task.name] -= 1
+        if self.runs.pop(run.job.id, None) is not None:
+            self._per_task[run.task.name] -= 1
+            if not self.runs:
+                self._idle.set()
         run.ctx._flush()  # log lines still pending go out before the terminal event
         if run.dropped:
             self._publisher.lines(
@@ -258,9 +344,17 @@ class Execution:
         self._read_progress(run)  # the final value rides on the terminal event
         if run.failure is not None:
             outcome = Outcome(JobState.FAILED, error=run.failure)
-        if not self.runs:
-            self._idle.set()
         self._on_end(run, outcome)
+
+    def _take_lines(self, run: Run, lines: list[str]) -> None:
+        # Called back on the loop from the job's thread: a failure here would only reach the
+        # loop's exception handler, and the lines would vanish without a word.
+        try:
+            self._publish_lines(run, lines)
+        except Exception:
+            logger.exception(
+                "jobcast could not publish %d log lines of job %s", len(lines), run.job.id
+            )
 
     def _publish_lines(self, run: Run, lines: list[str]) -> None:
         """Publish a run's log lines; past ``max_log_lines``, say so once and drop the rest:
@@ -282,12 +376,12 @@ class Execution:
             self._publisher.lines(run.job, [line[:limit] for line in lines])
 
 
-def finish(job: Job, outcome: Outcome) -> None:
-    """Set ``job``'s end from ``outcome`` (publishing it is the caller's)."""
+def finish(job: Job, outcome: Outcome, *, at: float | None = None) -> None:
+    """Set ``job``'s end from ``outcome``, ended now or ``at`` (publishing it is the caller's)."""
     job.state = outcome.state
     job.result = outcome.result
     job.error = outcome.error
-    job.finished_at = time.time()
+    job.finished_at = time.time() if at is None else at
 
 
 def requeue(job: Job) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from ._wire import safe_text, travel_problem
 from .exceptions import RateLimited, StreamsFull, TooManyStreams
 
 __all__ = [
@@ -210,8 +211,13 @@ class ParamsProblem:
     message: str
 
 
-def check_params(value: Any, *, max_depth: int, max_string: int) -> ParamsProblem | None:
-    """The first place where ``value`` (parsed JSON) nests too deep or has too long a string.
+def check_params(
+    value: Any, *, max_depth: int | None = None, max_string: int | None = None
+) -> ParamsProblem | None:
+    """The first place where ``value`` (parsed JSON) cannot be taken as a job's params: it
+    nests deeper than ``max_depth``, has a string (or key) longer than ``max_string``, or
+    holds what cannot travel as JSON (text with a lone surrogate, a number that is not
+    finite, an integer too long to print). ``None`` skips a limit.
 
     It walks with an explicit stack, so it is as safe on hostile input as on honest input.
     """
@@ -219,18 +225,22 @@ def check_params(value: Any, *, max_depth: int, max_string: int) -> ParamsProble
     while stack:
         item, depth, loc = stack.pop()
         if isinstance(item, str):
-            if len(item) > max_string:
+            if max_string is not None and len(item) > max_string:
                 return _too_long(loc, len(item), max_string)
-            continue
         if not isinstance(item, dict | list):
+            problem = travel_problem(item)
+            if problem is not None:
+                return ParamsProblem(loc, *problem)
             continue
         depth += 1
-        if depth > max_depth:
+        if max_depth is not None and depth > max_depth:
             return _too_deep(loc, max_depth)
         if isinstance(item, dict):
             for key, child in item.items():
-                if len(key) > max_string:
+                if max_string is not None and len(key) > max_string:
                     return _too_long((*loc, key[:40]), len(key), max_string, what="key")
+                if (problem := travel_problem(key)) is not None:
+                    return ParamsProblem((*loc, safe_text(key[:40])), *problem)
                 stack.append((child, depth, (*loc, key)))
         else:
             stack.extend((child, depth, (*loc, index)) for index, child in enumerate(item))

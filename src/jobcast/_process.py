@@ -20,8 +20,9 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import _tqdm
+from . import _tqdm, _undertaker
 from ._threads import run_in_daemon_thread
+from ._wire import describe
 from .context import JobContext
 from .exceptions import JobCancelled, TaskError
 
@@ -52,11 +53,14 @@ async def run_in_process(
     receiver, sender = _SPAWN.Pipe(duplex=False)
     process = _SPAWN.Process(
         target=_worker,
-        args=(sender, func, ctx.job_id, ctx.task, params, nice, interval),
+        args=(sender, func, ctx.job_id, ctx.task, params, nice, interval, os.getpid()),
         name=f"jobcast-{ctx.task}-{ctx.job_id[:8]}",
         daemon=True,
     )
     process.start()
+    assert process.pid is not None
+    group = process.pid  # the worker leads a process group of its own
+    _undertaker.watch(group)
     sender.close()  # the worker holds the only writing end: its exit means EOF here
     loop = asyncio.get_running_loop()
 
@@ -70,11 +74,13 @@ async def run_in_process(
         final = await run_in_daemon_thread(
             lambda: _relay(receiver, ctx, process), name=f"{process.name}-relay"
         )
-    except BaseException:
-        process.kill()  # a timeout, or a shutdown past its grace period
-        raise
     finally:
         receiver.close()
+        # The worker has ended (and was reaped), or a timeout or a shutdown past its grace
+        # period gives up on it: either way nothing of its group may run on. Until all of
+        # the group is gone, no other group can have its id.
+        _kill_group(group)
+        _undertaker.forget(group)
     if final is not None:
         kind, *rest = final
         if kind == "result":
@@ -94,6 +100,14 @@ async def run_in_process(
         f"the worker process died with {how} before the task returned; see the server log "
         "(out of memory is a common cause)",
     )
+
+
+def _kill_group(group: int) -> None:
+    """SIGKILL the worker's group: the worker if it still runs, and programs its task left."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left
 
 
 def _relay(receiver: Connection, ctx: JobContext, process: Any) -> Message | None:
@@ -164,7 +178,10 @@ def _worker(
     params: dict[str, Any],
     nice: int,
     interval: float,
+    parent: int,
 ) -> None:
+    _undertaker.die_with_parent(parent)
+    os.setsid()  # a group of its own, which the server kills whole if it dies
     os.nice(nice)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the server's to handle
     reporter = _Reporter(sender, interval)
@@ -180,7 +197,7 @@ def _worker(
     except JobCancelled:
         final = ("cancelled",)
     except BaseException as exc:
-        final = ("error", type(exc).__name__, str(exc), traceback.format_exc())
+        final = ("error", describe(type(exc).__name__, 200), describe(exc), traceback.format_exc())
     reporter.finish()
     try:
         sender.send(final)

@@ -3,34 +3,25 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, ClassVar
 
 from fastapi import APIRouter, Body, Query, Request
+from fastapi.datastructures import Default, DefaultPlaceholder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Message, Receive, Scope, Send
 
 from . import stream
 from ._limits import ParamsProblem, StreamSlots, check_params, client_key, too_deep
-from .exceptions import (
-    BackendUnavailable,
-    CrossOrigin,
-    DuplicateJob,
-    JobcastError,
-    JobFinished,
-    NotAccepting,
-    QueueFull,
-    RateLimited,
-    StreamsFull,
-    TooManyStreams,
-    Unauthorized,
-    UnknownJob,
-    UnknownTask,
-)
+from .exceptions import JobcastError
 from .jobs import JobState
+from .policy import Policy
+from .responses import SafeJSONResponse, error_response, validation_response
 from .schemas import DuplicateOut, ErrorOut, JobOut, TaskOut
 from .security import Guard
 from .service import Service
@@ -39,81 +30,85 @@ from .tasks import Task
 
 __all__ = ["build_router"]
 
-_STATUS: dict[type[JobcastError], int] = {
-    Unauthorized: 401,
-    CrossOrigin: 403,
-    UnknownTask: 404,
-    UnknownJob: 404,
-    JobFinished: 409,
-    DuplicateJob: 409,
-    QueueFull: 429,
-    RateLimited: 429,
-    TooManyStreams: 429,
-    NotAccepting: 503,
-    BackendUnavailable: 503,
-    StreamsFull: 503,
-}
-
-
-def error_response(exc: JobcastError) -> JSONResponse:
-    """The HTTP answer for a domain error: its status, and a message that says what to do."""
-    status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-    headers: dict[str, str] = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(exc.retry_after)
-    if isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = 'Bearer realm="jobcast"'
-    body: dict[str, Any] = {"detail": str(exc)}
-    if isinstance(exc, DuplicateJob):
-        body["job"] = exc.snapshot
-    return JSONResponse(body, status_code=status, headers=headers)
-
 
 class JobcastRoute(APIRoute):
-    """An APIRoute that answers :class:`JobcastError` with its HTTP status.
+    """The route class of every jobcast route: it carries jobcast's rules with it.
 
-    It lives on the route rather than the app so the routes behave the same when
-    ``JobCast.router`` is mounted into someone else's app. It also refuses a POST body that
-    is not JSON, or whose JSON nests too deep or holds too long a string, before FastAPI and
-    pydantic spend any work on it.
+    The rules live on the route rather than the app, so they hold when ``JobCast.router``
+    is mounted into someone else's app: the :class:`~jobcast.policy.Policy` (Host, CORS,
+    token, body size; applied once, wherever a request meets it first), answers for
+    :class:`JobcastError` and for invalid params that are always encodable, HEAD on every
+    GET, and a POST body that is not JSON, nests too deep, holds too long a string or what
+    JSON cannot carry is refused before FastAPI and pydantic spend any work on it.
     """
 
-    max_param_depth: ClassVar[int] = 32
-    max_param_string: ClassVar[int] = 10_000
+    settings: ClassVar[Settings]
+    guarded: ClassVar[bool] = True
 
     @classmethod
-    def limited(cls, settings: Settings) -> type[JobcastRoute]:
-        """This route class with the params limits of ``settings``."""
-        return type(
-            cls.__name__,
-            (cls,),
-            {
-                "max_param_depth": settings.max_param_depth,
-                "max_param_string": settings.max_param_string,
-            },
-        )
+    def for_settings(cls, settings: Settings, *, guarded: bool = True) -> type[JobcastRoute]:
+        """This route class with the rules of ``settings``; ``guarded=False`` for a route
+        that never needs the token (the health check)."""
+        return type(cls.__name__, (cls,), {"settings": settings, "guarded": guarded})
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+        if isinstance(options.get("response_class", Default(None)), DefaultPlaceholder):
+            options["response_class"] = SafeJSONResponse
+        super().__init__(path, endpoint, **options)
+        self._policy = Policy(self._handle_in_policy, settings=self.settings, guard=self.guarded)
+
+    def _serves_head(self, scope: Scope) -> bool:
+        methods = self.methods or set()
+        return scope["type"] == "http" and scope["method"] == "HEAD" and "GET" in methods
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if self._serves_head(scope) and "HEAD" not in (self.methods or set()):
+            return super().matches({**scope, "method": "GET"})
+        return super().matches(scope)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._policy(scope, receive, send)
+
+    async def _handle_in_policy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._serves_head(scope) and "HEAD" not in (self.methods or set()):
+            scope, send = {**scope, "method": "GET"}, _without_body(send)
+        await super().handle(scope, receive, send)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        max_depth, max_string = self.max_param_depth, self.max_param_string
+        settings = self.settings
+        max_depth, max_string = settings.max_param_depth, settings.max_param_string
 
         async def handle(request: Request) -> Response:
-            if request.method == "POST":
-                if not _json_or_empty(request):
-                    return JSONResponse(
-                        {"detail": "send the body as JSON, with Content-Type: application/json"},
-                        status_code=415,
-                    )
-                problem = await _params_problem(request, max_depth, max_string)
-                if problem is not None:
-                    error = {"type": problem.kind, "loc": ("body", *problem.loc)}
-                    raise RequestValidationError([{**error, "msg": problem.message}])
             try:
+                if request.method == "POST":
+                    if not _json_or_empty(request):
+                        detail = "send the body as JSON, with Content-Type: application/json"
+                        return SafeJSONResponse({"detail": detail}, status_code=415)
+                    problem = await _params_problem(request, max_depth, max_string)
+                    if problem is not None:
+                        error = {"type": problem.kind, "loc": ("body", *problem.loc)}
+                        return validation_response([{**error, "msg": problem.message}])
                 return await handler(request)
             except JobcastError as exc:
                 return error_response(exc)
+            except RequestValidationError as exc:
+                return validation_response(exc.errors())
 
         return handle
+
+
+def _without_body(send: Send) -> Send:
+    """``send`` for a HEAD answered as its GET: the headers, and an empty body."""
+
+    async def send_headers(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if message.get("more_body", False):
+                return
+            message = {"type": "http.response.body", "body": b""}
+        await send(message)
+
+    return send_headers
 
 
 async def _params_problem(
@@ -129,8 +124,12 @@ async def _params_problem(
     except UnicodeDecodeError:
         # FastAPI would answer a bare 400; this is a params problem like any other.
         return ParamsProblem((), "json_invalid", "the body is not UTF-8; send JSON text in UTF-8")
-    except ValueError:
+    except json.JSONDecodeError:
         return None  # not JSON: FastAPI answers that with its own 422, saying where
+    except ValueError:  # JSON, but with an integer of more digits than Python will read
+        return ParamsProblem(
+            (), "int_too_long", "the body holds an integer too long to read; send a smaller one"
+        )
     return check_params(value, max_depth=max_depth, max_string=max_string)
 
 
@@ -163,7 +162,7 @@ _STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _submit(runner: Service, request: Request, task: str, params: object) -> JSONResponse:
+async def _submit(runner: Service, request: Request, task: str, params: object) -> SafeJSONResponse:
     """202 and the new job; 200 and the existing one when the task joins duplicates."""
     client = client_key(request.scope)
     # Taken before the submit awaits, so concurrent requests cannot all pass the check;
@@ -178,7 +177,7 @@ async def _submit(runner: Service, request: Request, task: str, params: object) 
     finally:
         if not created:
             await runner.rate.give_back(client)
-    return JSONResponse(
+    return SafeJSONResponse(
         job.snapshot(),
         status_code=202 if created else 200,
         headers={"Location": f"/api/jobs/{job.id}"},
@@ -224,11 +223,11 @@ def build_router(
     ``streams`` counts the open streams; the caller runs its watchdog.
     """
     guard = Guard(settings)
-    route_class = JobcastRoute.limited(settings)
+    route_class = JobcastRoute.for_settings(settings)
     auth = _AUTH_ERRORS if guard.enabled else {}
-    router = APIRouter(route_class=route_class)
-    # Reads and writes live on routers of their own, each carrying its part of the policy:
-    # that way it holds wherever this router is mounted.
+    router = APIRouter(route_class=JobcastRoute.for_settings(settings, guarded=False))
+    # Reads and writes live on routers of their own, each declaring in OpenAPI what its
+    # part of the policy asks for (the policy itself is on every route).
     reads = APIRouter(
         route_class=route_class,
         dependencies=guard.dependencies(write=False),
@@ -240,12 +239,24 @@ def build_router(
         responses={**auth, **_WRITE_ERRORS},
     )
 
-    @router.get("/healthz", tags=["service"])
-    async def healthz() -> dict[str, Any]:
-        """Liveness: answers as long as the service is up; never needs the token. Also says
-        how many jobs run and wait, and with Redis how many workers are alive."""
+    @router.get(
+        "/healthz",
+        tags=["service"],
+        responses={503: {"description": "the store cannot write: `problem` says why"}},
+    )
+    async def healthz() -> Response:
+        """Health: 200 while the service can take jobs, 503 naming the problem when it
+        cannot (the database cannot be written, Redis is unreachable); never needs the
+        token. Also says how many jobs run and wait, and with Redis how many workers live."""
         current = runner()
-        return {"status": "ok", "last_event_id": current.log.visible_seq, **await current.health()}
+        readings = await current.health()
+        failing = "problem" in readings
+        body = {
+            "status": "failing" if failing else "ok",
+            "last_event_id": current.log.visible_seq,
+            **readings,
+        }
+        return SafeJSONResponse(body, status_code=503 if failing else 200)
 
     @reads.get("/api/tasks", response_model=list[TaskOut], tags=["tasks"])
     async def list_tasks() -> list[dict[str, Any]]:
@@ -282,19 +293,27 @@ def build_router(
         """
         return await _submit(runner(), request, task, params or {})
 
-    @reads.get("/api/jobs", response_model=list[JobOut], tags=["jobs"])
+    @reads.get("/api/jobs", response_model=list[JobOut], responses=_ERRORS, tags=["jobs"])
     async def list_jobs(
         state: JobState | None = None,
         task: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> list[dict[str, Any]]:
-        """Jobs, newest first."""
-        return [job.snapshot() for job in runner().newest(state=state, task=task, limit=limit)]
+    ) -> Response:
+        """Jobs, newest first. A `task` that is not registered is a 404, as on the streams."""
+        current = runner()
+        if task is not None:
+            current.registry.get(task)  # 404 for a task that does not exist, as the streams do
+        # Answered as they are: snapshots are JSON already, checked where their values came
+        # in; response_model documents them (re-serialising would refuse what the encoder
+        # makes safe, such as text that is not UTF-8).
+        return SafeJSONResponse(current.newest(state=state, task=task, limit=limit))
 
     @reads.get("/api/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, tags=["jobs"])
-    async def get_job(job_id: str) -> dict[str, Any]:
+    async def get_job(job_id: str) -> Response:
         """One job's snapshot."""
-        return (await runner().find(job_id)).snapshot()
+        current = runner()
+        job = await current.find(job_id)
+        return SafeJSONResponse(current.shown(job.id))
 
     @writes.post(
         "/api/jobs/{job_id}/cancel",
@@ -303,9 +322,10 @@ def build_router(
         responses={**_ERRORS, 409: {"model": ErrorOut}},
         tags=["jobs"],
     )
-    async def cancel_job(job_id: str) -> dict[str, Any]:
+    async def cancel_job(job_id: str) -> Response:
         """Cancel a queued job, or ask a running one to stop. 409 once it has finished."""
-        return (await runner().cancel(job_id)).snapshot()
+        job = await runner().cancel(job_id)
+        return SafeJSONResponse(job.snapshot(), status_code=202)
 
     job_stream_responses: dict[int | str, dict[str, Any]] = {
         **_ERRORS,
@@ -316,14 +336,16 @@ def build_router(
     # The app create_app makes serves the GETs of these two routes on a fast path instead
     # (jobcast._asgi.StreamFastPath), calling the same stream functions: here they serve HEAD,
     # /docs, and every app this router is mounted into.
-    @reads.head("/api/jobs/{job_id}/events", include_in_schema=False)
+    # HEAD is registered first (decorators apply bottom-up): a JobcastRoute answers HEAD on
+    # a GET route as that GET, which for a stream would never end.
     @reads.get("/api/jobs/{job_id}/events", responses=job_stream_responses, tags=["streams"])
+    @reads.head("/api/jobs/{job_id}/events", include_in_schema=False)
     async def job_events(request: Request, job_id: str) -> Response:
         """SSE: the job's whole retained history, then live; ends after its terminal event."""
         return await stream.job_stream(runner(), request, job_id, streams)
 
-    @reads.head("/api/events", include_in_schema=False)
     @reads.get("/api/events", responses={**_ERRORS, **_STREAM_ERRORS}, tags=["streams"])
+    @reads.head("/api/events", include_in_schema=False)
     async def all_events(request: Request, task: str | None = None) -> Response:
         """SSE for every job: a `snapshot` first (or a replay after `Last-Event-ID`), then live."""
         return stream.all_jobs_stream(runner(), request, task, streams)

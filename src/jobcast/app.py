@@ -16,20 +16,21 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 from starlette.types import ASGIApp
 
 from . import __version__
-from ._asgi import AccessControl, BodySizeLimit, StreamFastPath
+from ._asgi import StreamFastPath
 from ._limits import StreamSlots
-from .api import build_router, error_response
+from .api import build_router
 from .eventlog import EventLog
 from .exceptions import JobcastError, NotAccepting
+from .policy import Policy
+from .responses import error_response
 from .runner import Runner
-from .security import Guard, RedactTokens, cors_options
+from .security import RedactTokens
 from .service import Service
 from .settings import Settings
 from .store import MemoryStore, ReportsWrites, SqliteStore, Store
@@ -204,9 +205,6 @@ class JobCast:
 
         def start(task_group: TaskGroup) -> Service:
             runner = Runner(self.tasks, log, store, settings, task_group)
-            if isinstance(store, ReportsWrites):
-                store.on_stored(log.stored)
-                store.on_failure(runner.store_failed)
             runner.restore(recovered.jobs)
             return runner
 
@@ -252,20 +250,16 @@ class JobCast:
             app.redoc_url,
             app.swagger_ui_oauth2_redirect_url,
         }
-        # Outermost first: CORS answers preflights and marks every answer, refusals included,
-        # so a browser page can read why; then the token; then the body size.
+        # The same policy as on jobcast's routes, here for every route of the app (the
+        # page, the docs, routes the user adds); it runs once per request.
         policy = [
             Middleware(
-                AccessControl,
-                guard=Guard(settings),
+                Policy,
+                settings=settings,
                 open_paths={path for path in open_paths if path},
                 open_prefixes=("/static/",),
-            ),
-            Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+            )
         ]
-        cors = cors_options(settings)
-        if cors is not None:
-            policy.insert(0, Middleware(CORSMiddleware, **cors))
         app.user_middleware[:0] = policy
         app.add_exception_handler(JobcastError, _jobcast_error)
         app.add_exception_handler(405, _method_not_allowed)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from . import _undertaker
 from .context import JobContext
 from .exceptions import JobCancelled, TaskError
 
@@ -283,6 +284,7 @@ async def run_command(
         raise ValueError(f"max_line must be at least {_MIN_LINE} characters, got {max_line!r}")
     ctx.raise_if_cancelled()  # no program started for a job already cancelled
     process = await _start(argv, cwd, env)
+    _undertaker.watch(process.pid)  # its group dies with this process, however that dies
     group = _ProcessGroup(process, kill_grace)
     ctx.on_cancel(group.terminate)
     if ctx.cancelled:  # cancelled while it started, before there was a hook to call
@@ -415,6 +417,7 @@ class _ProcessGroup:
         # would otherwise run on unwatched.
         self.send(signal.SIGKILL)
         self._closed = True
+        _undertaker.forget(self.process.pid)
 
 
 async def _pump(stream: asyncio.StreamReader, lines: _Lines) -> None:

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, Protocol, TypeVar
 
+from ._wire import describe
 from .exceptions import JobCancelled
 
 __all__ = ["JobContext"]
@@ -127,8 +128,11 @@ class JobContext:
     # -- logs ------------------------------------------------------------------------------
 
     def log(self, line: object) -> None:
-        """Publish one log line for this job (``str(line)``; one event per line)."""
-        text = str(line)
+        """Publish one log line for this job (``str(line)``; one event per line).
+
+        Never raises: an object whose ``str()`` fails is logged as a line saying so.
+        """
+        text = line if type(line) is str else describe(line)
         if "\n" in text or "\r" in text:
             self._pending.extend(text.splitlines())
         else:

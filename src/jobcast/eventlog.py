@@ -121,6 +121,16 @@ class EventLog:
     # -- reading ---------------------------------------------------------------------------
 
     @property
+    def holds(self) -> bool:
+        """Whether events wait for the store before streams see them."""
+        return self._hold
+
+    async def wait_stored(self, seq: int) -> None:
+        """Return once the event ``seq`` is visible (stored), or the log is closed."""
+        while self._visible < seq and not self._closed:
+            await self.wait(self._visible)
+
+    @property
     def last_seq(self) -> int:
         """The newest sequence number handed out, or ``next_seq - 1`` when empty."""
         return self._next_seq - 1

@@ -3,27 +3,55 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from ._wire import REPLACEMENT, SURROGATE, clean, safe_text
 from .jobs import TERMINAL_STATES
 
-__all__ = ["Event", "encode_frame", "encode_json"]
+__all__ = ["Event", "encode_frame", "encode_json", "encode_json_bytes"]
+
+logger = logging.getLogger("jobcast")
 
 _TERMINAL_NAMES = frozenset(state.value for state in TERMINAL_STATES)
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def encode_json(data: dict[str, Any]) -> str:
-    """JSON as every event is encoded: compact, UTF-8 kept, no NaN."""
-    return _dumps(data)
+def _dumps(data: Any) -> str:
+    """Compact JSON, UTF-8 kept, that never fails: what JSON cannot carry (a bug: values are
+    checked where they enter) is logged and sent as its description instead."""
+    try:
+        return _encoder.encode(data)
+    except (TypeError, ValueError, RecursionError) as exc:
+        logger.error("jobcast had to clean a value it could not encode (%s)", exc, exc_info=exc)
+        return _encoder.encode(clean(data))
+
+
+def encode_json(data: Any) -> str:
+    """JSON as every event, answer and stored job is encoded: compact, UTF-8 kept, no NaN,
+    and text that UTF-8 can carry (each lone surrogate becomes U+FFFD)."""
+    return safe_text(_dumps(data))
+
+
+def encode_json_bytes(data: Any) -> bytes:
+    """:func:`encode_json` as UTF-8 bytes."""
+    return _utf8(_dumps(data))
+
+
+def _utf8(text: str) -> bytes:
+    # The encode is needed anyway: text is checked by trying it, at no cost when it passes.
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return SURROGATE.sub(REPLACEMENT, text).encode()
 
 
 def encode_frame(name: str, data: dict[str, Any], seq: int | None = None) -> bytes:
     """One SSE frame: ``id:`` (when ``seq`` is given), ``event:`` and one ``data:`` line."""
     head = f"id: {seq}\nevent: {name}\n" if seq else f"event: {name}\n"
-    return f"{head}data: {_dumps(data)}\n\n".encode()
+    return _utf8(f"{head}data: {_dumps(data)}\n\n")
 
 
 @dataclass(slots=True, frozen=True)
@@ -60,7 +88,7 @@ class Event:
         rest = payload[1:]
         head = f'{{"seq":{seq},"ts":{_dumps(round(ts, 6))}'
         data = f"{head},{rest}" if rest != "}" else f"{head}}}"
-        frame = f"id: {seq}\nevent: {name}\ndata: {data}\n\n".encode()
+        frame = _utf8(f"id: {seq}\nevent: {name}\ndata: {data}\n\n")
         return cls(seq, ts, name, job_id, task, frame)
 
     @property

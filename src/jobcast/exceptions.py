@@ -15,6 +15,7 @@ __all__ = [
     "QueueFull",
     "RateLimited",
     "StoreError",
+    "StoreUnavailable",
     "StreamsFull",
     "TaskError",
     "TooManyStreams",
@@ -22,6 +23,11 @@ __all__ = [
     "UnknownJob",
     "UnknownTask",
 ]
+
+
+def _shown(value: str, limit: int = 80) -> str:
+    """A client's value quoted in a message, cut: an id of a megabyte is not echoed whole."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}… ({len(value):,} characters)"
 
 
 class JobcastError(Exception):
@@ -39,7 +45,7 @@ class UnknownTask(JobcastError):
         self.known = known
         choices = ", ".join(sorted(known)) or "none registered"
         super().__init__(
-            f"no task named {name!r}; choose one of: {choices} (GET /api/tasks lists them)"
+            f"no task named {_shown(name)}; choose one of: {choices} (GET /api/tasks lists them)"
         )
 
 
@@ -48,7 +54,7 @@ class UnknownJob(JobcastError):
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
-        super().__init__(f"no job with id {job_id!r}; GET /api/jobs lists the known jobs")
+        super().__init__(f"no job with id {_shown(job_id)}; GET /api/jobs lists the known jobs")
 
 
 class JobFinished(JobcastError):
@@ -193,6 +199,19 @@ class StoreError(JobcastError):
         self.problem = problem
         self.remedy = remedy
         super().__init__(f"jobcast database {path}: {problem}; {remedy}")
+
+
+class StoreUnavailable(JobcastError):
+    """Raised when a job is started while the store cannot write (a full disk, say)."""
+
+    retry_after = 5
+
+    def __init__(self, problem: StoreError) -> None:
+        self.problem = problem
+        super().__init__(
+            f"not accepting jobs: the database cannot be written ({problem}); jobs start "
+            "again by themselves once it can: retry later"
+        )
 
 
 class BackendUnavailable(JobcastError):

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from ._wire import describe
 from .exceptions import TaskError
 
 __all__ = ["TERMINAL_STATES", "Job", "JobError", "JobState", "Progress", "ProgressMeter"]
@@ -27,6 +28,10 @@ TERMINAL_STATES = frozenset(
 )
 
 
+#: Characters kept of an error message: enough for any honest message and its context.
+MAX_ERROR_MESSAGE = 10_000
+
+
 @dataclass(slots=True, frozen=True)
 class JobError:
     """Why a job did not succeed: an exception's type name and message."""
@@ -36,9 +41,10 @@ class JobError:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> JobError:
+        """The error ``exc`` stands for, its text safe to send whatever ``exc`` holds."""
         if isinstance(exc, TaskError):  # raised in a worker: report the worker's exception
-            return cls(exc.type_name, exc.message)
-        return cls(type(exc).__name__, str(exc))
+            return cls(describe(exc.type_name, 200), describe(exc.message, MAX_ERROR_MESSAGE))
+        return cls(describe(type(exc).__name__, 200), describe(exc, MAX_ERROR_MESSAGE))
 
     def to_dict(self) -> dict[str, str]:
         return {"type": self.type, "message": self.message}
@@ -162,6 +168,10 @@ class Job:
     error: JobError | None = None
     first_seq: int = 0  # sequence number of the job's first event
     last_seq: int = 0  # sequence number of the job's newest state or progress event
+    updated_at: float = 0.0  # when its newest state or progress event happened
+    #: The job as clients may see it: its snapshot as of its newest stored event (None
+    #: before that). A change shows once it is stored, so a restart never contradicts it.
+    shown: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:

@@ -23,14 +23,20 @@ from .exceptions import (
     JobFinished,
     NotAccepting,
     QueueFull,
+    StoreError,
+    StoreUnavailable,
     UnknownJob,
 )
-from .jobs import Job, JobError, JobState
+from .jobs import TERMINAL_STATES, Job, JobError, JobState
 from .settings import Settings
-from .store import Store, WriteFailure
+from .store import ReportsWrites, Store
 from .tasks import TaskRegistry
 
 __all__ = ["JobTable", "LocalPublisher", "Runner", "Submitted"]
+
+_TERMINAL_NAMES = frozenset(state.value for state in TERMINAL_STATES)
+#: Seconds a new job waits for its first event to be stored before it is refused.
+_STORED_WITHIN = 10.0
 
 
 class Submitted(NamedTuple):
@@ -41,28 +47,51 @@ class Submitted(NamedTuple):
 
 
 class LocalPublisher:
-    """Publishes into this process's event log, and keeps every event in the store."""
+    """Publishes into this process's event log, and keeps every event in the store.
+
+    A job is shown to clients as of its newest stored event (:attr:`Job.shown`): with a
+    store that writes later, a change shows once the store reports it written.
+    """
 
     def __init__(self, log: EventLog, store: Store) -> None:
         self.log = log
         self._store = store
+        self._unstored: deque[tuple[int, Job, dict[str, Any]]] = deque()
 
     def state(self, job: Job, name: str) -> None:
-        event = self.log.append(name, job_id=job.id, task=job.task, payload={"job": job.snapshot()})
+        """Publish ``job``'s snapshot as event ``name``."""
+        snapshot = job.snapshot()
+        event = self.log.append(name, job_id=job.id, task=job.task, payload={"job": snapshot})
         if not job.first_seq:
             job.first_seq = event.seq
-        job.last_seq = event.seq
+        job.last_seq, job.updated_at = event.seq, event.ts
         self._store.record(event, job)
+        if self.log.holds:
+            self._unstored.append((event.seq, job, snapshot))
+        else:
+            job.shown = snapshot
 
     def lines(self, job: Job, lines: list[str]) -> None:
+        """Publish log lines of ``job``, each as one ``log`` event."""
         for line in lines:
             payload = {"job_id": job.id, "line": line}
             event = self.log.append("log", job_id=job.id, task=job.task, payload=payload)
             self._store.record(event, job)
 
+    def stored(self, seq: int) -> None:
+        """The store has written every event up to ``seq``: show what they say."""
+        self.log.stored(seq)
+        unstored = self._unstored
+        while unstored and unstored[0][0] <= seq:
+            _, job, snapshot = unstored.popleft()
+            job.shown = snapshot
+
 
 class JobTable:
-    """The jobs a service knows, in creation order, and the reads the API makes of them."""
+    """The jobs a service knows, in creation order, and the reads the API makes of them.
+
+    Reads show each job as :attr:`~jobcast.jobs.Job.shown`: as of its newest stored event.
+    """
 
     settings: Settings
 
@@ -75,14 +104,24 @@ class JobTable:
         except KeyError:
             raise UnknownJob(job_id) from None
 
+    def shown(self, job_id: str) -> dict[str, Any]:
+        """The snapshot clients may see of ``job_id``; :class:`~jobcast.UnknownJob` if none."""
+        shown = self.get(job_id).shown
+        if shown is None:
+            raise UnknownJob(job_id)
+        return shown
+
     def newest(
         self, *, state: JobState | None = None, task: str | None = None, limit: int = 100
-    ) -> list[Job]:
-        """Jobs, newest first, optionally of one state and one task."""
-        found: list[Job] = []
+    ) -> list[dict[str, Any]]:
+        """Snapshots of jobs, newest first, optionally of one state and one task."""
+        found: list[dict[str, Any]] = []
         for job in reversed(self.jobs.values()):
-            if (state is None or job.state is state) and (task is None or job.task == task):
-                found.append(job)
+            shown = job.shown
+            if shown is None or (task is not None and job.task != task):
+                continue
+            if state is None or shown["state"] == state.value:
+                found.append(shown)
                 if len(found) >= limit:
                     break
         return found
@@ -92,13 +131,14 @@ class JobTable:
         finished_left = self.settings.snapshot_jobs
         found: list[dict[str, Any]] = []
         for job in reversed(self.jobs.values()):
-            if task is not None and job.task != task:
+            shown = job.shown
+            if shown is None or (task is not None and job.task != task):
                 continue
-            if job.finished:
+            if shown["state"] in _TERMINAL_NAMES:
                 if finished_left == 0:
                     continue
                 finished_left -= 1
-            found.append(job.snapshot())
+            found.append(shown)
         return found
 
     def evict(self) -> list[str]:
@@ -135,20 +175,29 @@ class Runner(JobTable):
         self._queue: deque[Job] = deque()
         self._accepting = True
         self._stopped = anyio.Event()
+        #: Why the store cannot write now, if it cannot: new jobs are refused meanwhile.
+        self.store_problem: StoreError | None = None
+        if isinstance(store, ReportsWrites):
+            store.on_stored(self._publisher.stored)
+            store.on_health(self.store_health)
 
     # -- the public operations -----------------------------------------------------------------
 
     async def submit(self, task_name: str, params: object) -> Submitted:
         """Validate ``params``, queue a job of ``task_name`` and start it when there is room.
 
-        A task that joins duplicates hands back the equal job already queued or running.
-        Raises :class:`~jobcast.UnknownTask`, pydantic's ``ValidationError``,
-        :class:`~jobcast.DuplicateJob`, :class:`~jobcast.QueueFull` or
-        :class:`~jobcast.NotAccepting`; none changes anything. Nothing here awaits, so two
-        submissions never interleave: that is what makes the duplicate check exact.
+        It returns once the job is stored, so a job it returned survives a crash. A task that
+        joins duplicates hands back the equal job already queued or running. Raises
+        :class:`~jobcast.UnknownTask`, pydantic's ``ValidationError``,
+        :class:`~jobcast.DuplicateJob`, :class:`~jobcast.QueueFull`,
+        :class:`~jobcast.NotAccepting` or :class:`~jobcast.StoreUnavailable`; none leaves a
+        job behind. Nothing awaits before the job is queued, so two submissions never
+        interleave: that is what makes the duplicate check exact.
         """
         if not self._accepting:
             raise NotAccepting("the server is shutting down")
+        if self.store_problem is not None:
+            raise StoreUnavailable(self.store_problem)
         task = self.registry.get(task_name)
         values = task.validate(params)
         if task.duplicates != "allow":
@@ -156,16 +205,42 @@ class Runner(JobTable):
             if twin is not None and task.duplicates == "join":
                 return Submitted(twin, created=False)
             if twin is not None:
-                raise DuplicateJob(twin.id, task.name, twin.snapshot())
+                raise DuplicateJob(twin.id, task.name, twin.shown or twin.snapshot())
         if len(self._queue) >= self.settings.max_queue:
             raise QueueFull(self.settings.max_queue, retry_after=5)
         job = Job(task=task.name, params=values, created_at=time.time())
         self.jobs[job.id] = job
         self._publisher.state(job, JobState.QUEUED.value)
+        seq = job.last_seq
         self._queue.append(job)
         self._dispatch()
         self._evict()
+        await self._until_stored(seq, job)
         return Submitted(job, created=True)
+
+    async def _until_stored(self, seq: int, job: Job) -> None:
+        """Wait until event ``seq`` about a job just made is stored; if the store fails
+        first, take the job back and raise :class:`~jobcast.StoreUnavailable`."""
+        log = self.log
+        with anyio.move_on_after(_STORED_WITHIN):
+            while log.visible_seq < seq and not log.closed and self.store_problem is None:
+                await log.wait(log.visible_seq)
+        if log.visible_seq >= seq or log.closed:
+            return
+        if job in self._queue:
+            self._queue.remove(job)
+            self._finish(job, Outcome(JobState.CANCELLED))
+        else:
+            self._execution.cancel(job.id)
+        problem = self.store_problem or StoreError(
+            str(self._store), f"did not write within {_STORED_WITHIN:g} s", "check the disk"
+        )
+        raise StoreUnavailable(problem)
+
+    def store_health(self, problem: StoreError | None) -> None:
+        """The store says it cannot write (``problem``), or that it can again (None)."""
+        self.store_problem = problem
+        self.log.poke()  # submissions waiting on a write learn of it
 
     def _active_twin(self, task: str, params: dict[str, Any]) -> Job | None:
         # Params are validated to JSON data, so equal params compare equal as dicts.
@@ -186,6 +261,8 @@ class Runner(JobTable):
         if job.state is JobState.QUEUED:
             self._queue.remove(job)
             self._finish(job, Outcome(JobState.CANCELLED))
+            with anyio.move_on_after(_STORED_WITHIN):  # answered once it will hold
+                await self.log.wait_stored(job.last_seq)
         else:
             self._execution.cancel(job.id)
         return job
@@ -202,6 +279,7 @@ class Runner(JobTable):
         waiting: list[Job] = []
         for job in jobs:
             self.jobs[job.id] = job
+            job.shown = job.snapshot()  # it is what the store holds
             if job.finished:
                 continue
             if job.task not in self.registry:
@@ -217,33 +295,26 @@ class Runner(JobTable):
                 requeued.append(job)
             else:
                 error = JobError("Interrupted", "the server stopped while the job was running")
-                self._finish(job, Outcome(JobState.INTERRUPTED, error=error))
+                # It ended when it was last known running, not now.
+                at = job.updated_at or job.started_at or job.created_at
+                self._finish(job, Outcome(JobState.INTERRUPTED, error=error), at=at)
         self._queue.extend(requeued + waiting)
         self._evict()
         self._dispatch()
-
-    def store_failed(self, failure: WriteFailure) -> None:
-        """Fail the unfinished jobs whose events or state the store could not keep.
-
-        The store calls it on the event loop. A queued job fails at once; a running one is
-        asked to stop and fails when it does, whatever it returns.
-        """
-        error = JobError("StoreError", str(failure.error))
-        for job_id in failure.job_ids:
-            job = self.jobs.get(job_id)
-            if job is None or job.finished:
-                continue
-            if not self._execution.cancel(job_id, failure=error) and job in self._queue:
-                self._queue.remove(job)
-                self._finish(job, Outcome(JobState.FAILED, error=error))
 
     async def find(self, job_id: str) -> Job:
         """The job ``job_id`` (every job of this service is in its table)."""
         return self.get(job_id)
 
     async def health(self) -> dict[str, Any]:
-        """How many jobs run and wait."""
-        return {"running": len(self._execution.runs), "queued": len(self._queue)}
+        """How many jobs run and wait; ``problem`` when the store cannot write."""
+        readings: dict[str, Any] = {
+            "running": len(self._execution.runs),
+            "queued": len(self._queue),
+        }
+        if self.store_problem is not None:
+            readings["problem"] = str(self.store_problem)
+        return readings
 
     async def catch_up(self, seq: int) -> None:
         """Nothing to wait for: every event of this service is published here."""
@@ -297,8 +368,8 @@ class Runner(JobTable):
             self._finish(run.job, outcome)
         self._dispatch()
 
-    def _finish(self, job: Job, outcome: Outcome) -> None:
-        finish(job, outcome)
+    def _finish(self, job: Job, outcome: Outcome, *, at: float | None = None) -> None:
+        finish(job, outcome, at=at)
         self._publisher.state(job, outcome.state.value)
 
     def _requeue(self, job: Job, reason: str) -> None:

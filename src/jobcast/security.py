@@ -1,9 +1,9 @@
 """Who may do what: the access token, the origin check for browsers, CORS, and log redaction.
 
-One :class:`Guard` holds the policy. It runs twice over: as a FastAPI dependency on
+One :class:`Guard` holds the policy; :class:`~jobcast.policy.Policy` applies it, on the app
+``create_app`` makes (so routes the user adds to it are protected too) and on each of
 jobcast's routes (so they stay protected when ``JobCast.router`` is mounted into another
-app), and as a pure ASGI middleware on the app ``create_app`` makes (so routes the user
-adds to that app are protected too). The policy:
+app). The policy:
 
 - A request that changes something (any method but GET, HEAD, OPTIONS) needs
   ``Authorization: Bearer <token>`` when a token is set. A cookie never counts for it, so a
@@ -25,10 +25,10 @@ from enum import Enum
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import Depends, Security
+from fastapi import Security
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPBearer
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import HTTPConnection
 
 from .exceptions import CrossOrigin, Unauthorized
 from .settings import Settings
@@ -116,24 +116,12 @@ class Guard:
         raise CrossOrigin(origin[:200])
 
     def dependencies(self, *, write: bool) -> list[DependsParam]:
-        """What a FastAPI router needs to enforce this policy on its routes."""
-        guard = self
-
-        async def authorize(request: Request) -> None:
-            guard.check(request, write=write)
-
-        if not write and not self.needs_token(write=False):
+        """What a FastAPI router declares for this policy, so /docs offers "Authorize" where
+        the token is needed; checking it is :class:`~jobcast.policy.Policy`'s job."""
+        if not self.needs_token(write=write):
             return []
-        found: list[DependsParam] = [Depends(authorize)]  # writes: at least the origin check
-        if self.needs_token(write=write):
-            # Declares the scheme in OpenAPI, so /docs offers "Authorize"; checking is
-            # authorize's job (on reads it also takes the cookie and ?token=).
-            found.append(
-                Security(
-                    HTTPBearer(auto_error=False, description="The server's token (JOBCAST_TOKEN).")
-                )
-            )
-        return found
+        scheme = HTTPBearer(auto_error=False, description="The server's token (JOBCAST_TOKEN).")
+        return [Security(scheme)]
 
 
 def cors_options(settings: Settings) -> dict[str, Any] | None:

@@ -93,6 +93,8 @@ class Settings:
     """Characters kept of one log line; the rest is cut."""
     max_log_lines: int = 10_000
     """Log lines published per job; past it one line says so and the rest are dropped."""
+    max_result_bytes: int = 1 << 20
+    """Largest result a job may keep, as JSON; a larger one fails the job (return a path)."""
     snapshot_jobs: int = 500
     """Finished jobs in a stream's first snapshot (active jobs are always all there)."""
     db: str = "jobcast.db"
@@ -109,6 +111,10 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     """Origins allowed to call the API from a browser (comma-separated); none: CORS is off.
     ``*`` allows any origin, without credentials."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names requests may name besides ``localhost`` and IP addresses (comma-separated;
+    ``*.example.com`` allows a domain, ``*`` any host). Others get 400: that stops a page
+    that rebinds its name to this server (DNS rebinding) from reaching it."""
     max_param_depth: int = 32
     """Deepest nesting of lists and objects accepted in a job's params."""
     max_param_string: int = 10_000

@@ -165,7 +165,7 @@ def last_event_id(request: Request) -> int | None:
     if raw is None:
         return None
     raw = raw.strip()
-    if not raw.isascii() or not raw.isdigit():
+    if not raw.isascii() or not raw.isdigit() or len(raw) > len(str(_MAX_ID)):
         return None
     value = int(raw)
     return value if 0 < value <= _MAX_ID else None
@@ -287,7 +287,8 @@ def all_jobs_stream(
     log = runner.log
 
     def snapshot() -> tuple[bytes, int]:
-        return _snapshot_frame(log.last_seq, runner.snapshot(task)), log.last_seq
+        # Jobs as of their newest stored events: the snapshot stands at the newest visible one.
+        return _snapshot_frame(log.visible_seq, runner.snapshot(task)), log.visible_seq
 
     position = last_event_id(request)
     first = _retry_frame(runner.settings.retry_ms)
@@ -318,7 +319,8 @@ async def job_stream(
     log = runner.log
 
     def snapshot() -> tuple[bytes, int]:
-        return _snapshot_frame(log.last_seq, [job.snapshot()]), log.last_seq
+        shown = [] if job.shown is None else [job.shown]
+        return _snapshot_frame(log.visible_seq, shown), log.visible_seq
 
     position = last_event_id(request)
     if position is not None and job.finished and position >= job.last_seq:

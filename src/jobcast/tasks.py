@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from types import UnionType
 from typing import Annotated, Any, Literal, TypedDict, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, create_model
+from pydantic_core import PydanticCustomError
 
+from ._limits import check_params
 from .commands import check_template
 from .exceptions import UnknownTask
 
@@ -76,8 +78,16 @@ class Task:
         }
 
     def validate(self, params: object) -> dict[str, Any]:
-        """Validate raw params; return them as JSON-ready data. Raises pydantic's error."""
-        return self.params_model.model_validate(params).model_dump(mode="json")
+        """Validate raw params; return them as JSON-ready data. Raises pydantic's error,
+        also for what JSON cannot carry (text with a lone surrogate, NaN in an ``Any``)."""
+        values = self.params_model.model_validate(params).model_dump(mode="json")
+        problem = check_params(values)
+        if problem is not None:
+            error = PydanticCustomError(problem.kind, problem.message)
+            raise ValidationError.from_exception_data(
+                self.params_model.__name__, [{"type": error, "loc": problem.loc, "input": None}]
+            )
+        return values
 
 
 def params_model(func: Callable[..., Any], name: str) -> type[BaseModel]:
@@ -135,7 +145,9 @@ def _model(name: str, fields: dict[str, Any]) -> type[BaseModel]:
         for key, (annotation, default) in fields.items()
     }
     title = "".join(part.capitalize() for part in name.replace("-", "_").split("_")) + "Params"
-    model: type[BaseModel] = create_model(title, __config__=ConfigDict(extra="forbid"), **fields)
+    # NaN and infinities are refused: JSON cannot carry them, so no job could hold them.
+    config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model: type[BaseModel] = create_model(title, __config__=config, **fields)
     return model
 
 

@@ -131,6 +131,7 @@ class Hub(JobTable):
             other = Job.from_snapshot(json.loads(refused.twin_snapshot))
             if task.duplicates == "join":
                 await self._caught_up(other.last_seq)
+                other.shown = other.snapshot()
                 return Submitted(self.jobs.get(other.id, other), created=False)
             raise DuplicateJob(other.id, task.name, other.snapshot()) from None
         await self._caught_up(seq)
@@ -182,7 +183,8 @@ class Hub(JobTable):
             if gone:
                 await self._redis.srem(keys.workers, *gone)
         except _REDIS_DOWN as exc:
-            return {"redis": f"unreachable ({exc})"}
+            problem = BackendUnavailable(self._url, str(exc))
+            return {"redis": f"unreachable ({exc})", "problem": str(problem)}
         workers = len(names) - len(gone)
         running = sum(not job.finished and job.started_at is not None for job in self.jobs.values())
         return {"redis": "ok", "workers": workers, "running": running, "queued": queued}
@@ -292,13 +294,16 @@ class Hub(JobTable):
             known = jobs.get(event.job_id)
             if event.name == "log" or (known is not None and event.seq <= known.last_seq):
                 continue  # loaded at start already newer than this event
-            job = Job.from_snapshot(json.loads(fields["d"])["job"])
+            snapshot = json.loads(fields["d"])["job"]
+            job = Job.from_snapshot(snapshot)
+            job.shown = snapshot  # what Redis streams is stored there already
             if known is None:
                 job.first_seq = event.seq
                 jobs[job.id] = known = job
             else:  # in place: a stream holds on to the job it opened with
                 for name in _CHANGING:
                     setattr(known, name, getattr(job, name))
+                known.shown = snapshot
             known.last_seq = event.seq
         self.log.extend(events)
         self.evict()
@@ -353,7 +358,8 @@ class _State:
         jobs = []
         for snap, first, last_seq in reversed(rows):
             if snap is not None:  # else finished long ago: its record expired
-                job = Job.from_snapshot(json.loads(snap))
+                job = Job.from_snapshot(shown := json.loads(snap))
+                job.shown = shown
                 job.first_seq, job.last_seq = int(first), int(last_seq)
                 jobs.append(job)
         return cls(epoch, events[-1].seq if events else last, events, jobs)

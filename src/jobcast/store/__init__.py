@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .base import Recovered, ReportsWrites, Store, WriteFailure
+from .base import Recovered, ReportsWrites, Store
 from .memory import MemoryStore
 from .sqlite import SqliteStore
 
-__all__ = ["MemoryStore", "Recovered", "ReportsWrites", "SqliteStore", "Store", "WriteFailure"]
+__all__ = ["MemoryStore", "Recovered", "ReportsWrites", "SqliteStore", "Store"]

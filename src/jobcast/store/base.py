@@ -10,7 +10,7 @@ from ..events import Event
 from ..exceptions import StoreError
 from ..jobs import Job
 
-__all__ = ["Recovered", "ReportsWrites", "Store", "WriteFailure"]
+__all__ = ["Recovered", "ReportsWrites", "Store"]
 
 
 @dataclass(slots=True)
@@ -24,14 +24,6 @@ class Recovered:
     next_seq: int
     jobs: list[Job] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-
-
-@dataclass(slots=True, frozen=True)
-class WriteFailure:
-    """Writes a store could not make: the jobs they were about, and why."""
-
-    job_ids: frozenset[str]
-    error: StoreError
 
 
 class Store(Protocol):
@@ -69,9 +61,11 @@ class Store(Protocol):
 class ReportsWrites(Protocol):
     """A store that writes after :meth:`Store.record` returned, and says how it went.
 
-    The app holds events back from the streams until the store reports them stored (so an id
-    a client saw is never handed out again after a crash), and fails the jobs whose events a
-    write lost, such as on a full disk.
+    The app holds events back from the streams until the store reports them stored, so
+    nothing a client saw is contradicted after a crash: an id it saw is never handed out
+    again, and a job it saw end has ended in the store too. A store that cannot write (a
+    full disk) keeps what it could not write, tries again until it can, and says so
+    meanwhile: the service then refuses new jobs and answers 503 on ``/healthz``.
     """
 
     def on_stored(self, callback: Callable[[int], None]) -> None:
@@ -79,6 +73,7 @@ class ReportsWrites(Protocol):
         been written, or its failure reported."""
         ...
 
-    def on_failure(self, callback: Callable[[WriteFailure], None]) -> None:
-        """Have ``callback`` called on the event loop whenever a write fails."""
+    def on_health(self, callback: Callable[[StoreError | None], None]) -> None:
+        """Have ``callback(problem)`` called on the event loop when writes start failing,
+        and ``callback(None)`` once they succeed again."""
         ...

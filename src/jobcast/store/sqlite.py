@@ -34,16 +34,16 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
-from ..events import Event
+from ..events import Event, encode_json
 from ..exceptions import StoreError
 from ..jobs import Job, JobError, JobState, Progress
-from .base import Recovered, WriteFailure
+from .base import Recovered
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -95,8 +95,8 @@ MAX_BATCH = 5000
 _DAY = 86_400.0
 _WAL_LIMIT = 64 << 20  # bytes the WAL file is truncated back to after a checkpoint
 _LOG_EVERY = 60.0  # seconds between two log lines about the same streak of failed writes
+_RETRY_FIRST, _RETRY_MOST = 0.05, 2.0  # seconds before a failed write is tried again
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 # What record() captures of a job, on the loop: its fields as they are at that event. Jobs
 # change on the loop while the writer runs, so the writer must not read the Job itself.
@@ -109,6 +109,7 @@ _JobFields = tuple[
     float | None,  # finished_at
     int,  # first_seq
     int,  # last_seq
+    float,  # updated_at
     dict[str, Any],  # params
     Progress | None,
     Any,  # result
@@ -188,7 +189,7 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._on_failure: Callable[[WriteFailure], None] | None = None
+        self._on_health: Callable[[StoreError | None], None] | None = None
         self._on_stored: Callable[[int], None] | None = None
         self._failing_since: float | None = None  # when writes started failing, for the log
         self._logged_at = 0.0
@@ -223,9 +224,10 @@ class SqliteStore:
         """Have ``callback(seq)`` called on the event loop after each batch of events."""
         self._on_stored = callback
 
-    def on_failure(self, callback: Callable[[WriteFailure], None]) -> None:
-        """Have ``callback`` called on the event loop with the jobs of every failed write."""
-        self._on_failure = callback
+    def on_health(self, callback: Callable[[StoreError | None], None]) -> None:
+        """Have ``callback(problem)`` called on the event loop when writes start failing,
+        and ``callback(None)`` when they succeed again."""
+        self._on_health = callback
 
     def record(self, event: Event, job: Job) -> None:
         inbox = self._inbox
@@ -243,6 +245,7 @@ class SqliteStore:
                     job.finished_at,
                     job.first_seq,
                     job.last_seq,
+                    job.updated_at,
                     job.params,
                     job.progress,
                     job.result,
@@ -276,7 +279,7 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         stopped: asyncio.Future[None] = loop.create_future()
         inbox.put(_Flush(lambda: _settle_threadsafe(loop, stopped), stop=True))
-        with anyio.CancelScope(shield=True), anyio.move_on_after(self.close_timeout):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.close_timeout + 1):
             await stopped
         if not stopped.done():
             logger.warning(
@@ -418,6 +421,12 @@ class SqliteStore:
         elif code == "SQLITE_FULL":
             problem = f"cannot be written: the disk or the file's size limit is full ({exc})"
             remedy = "free disk space, or set JOBCAST_DB to a file on another disk"
+        elif code.startswith("SQLITE_IOERR"):
+            problem = f"cannot be written: the disk refused a write ({exc})"
+            remedy = (
+                "check that the disk has free space and works (and the server's file size "
+                "limit, ulimit -f), or set JOBCAST_DB to a file on another disk"
+            )
         elif code.startswith(("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")):
             problem = f"cannot be opened for writing ({exc})"
             remedy = (
@@ -443,35 +452,56 @@ class SqliteStore:
         assert self._conn is not None
         conn = self._conn
         next_prune = time.monotonic() + self.prune_interval
+        retry: list[_Item] = []  # what a failed transaction held: it goes first next time
+        delay = 0.0  # seconds to wait before trying it again; doubles while writes fail
+        stop_at: float | None = None  # when closing began, once it has
         while True:
-            batch: list[_Item] = []
+            batch, retry = retry, []
+            wait = delay if batch else max(0.0, next_prune - time.monotonic())
             try:
-                batch.append(inbox.get(timeout=max(0.0, next_prune - time.monotonic())))
+                batch.append(inbox.get(timeout=wait))
                 while len(batch) < MAX_BATCH:
                     batch.append(inbox.get_nowait())
             except queue.Empty:
                 pass
             flushes = [item for item in batch if isinstance(item, _Flush)]
-            try:
-                self._write(conn, batch)
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + self.prune_interval
-                    self._prune(conn)
-            except Exception as exc:
-                # The writer must outlive any failure, or every later event would be lost
-                # without a word; _write has already reported the jobs it could not store.
-                self._report(exc, ())
-            if any(flush.stop for flush in flushes):
+            written = self._write(conn, batch)
+            if written and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + self.prune_interval
+                self._prune_quietly(conn)
+            stopping = any(flush.stop for flush in flushes)
+            if stopping and stop_at is None:
+                stop_at = time.monotonic()
+            if not written:
+                delay = min(max(2 * delay, _RETRY_FIRST), _RETRY_MOST)
+                retry = [item for item in batch if not isinstance(item, _Flush)]
+                if stop_at is not None and time.monotonic() - stop_at < self.close_timeout:
+                    retry += [flush for flush in flushes if flush.stop]  # closing: try again
+                    flushes = [flush for flush in flushes if not flush.stop]
+                    stopping = False
+                elif stopping:
+                    logger.error(
+                        "%s: closing with %d writes the database refused; they are lost",
+                        self.path,
+                        len(retry),
+                    )
+            else:
+                delay = 0.0
+            if stopping:
                 # Closing checkpoints the WAL: done here, off the loop, before anyone is told.
                 self._release()
                 for flush in flushes:
                     flush.done()
                 return
-            for flush in flushes:
+            for flush in flushes:  # each waited for one attempt at what came before it
                 flush.done()
 
-    def _write(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
-        """Commit ``batch`` in one transaction, or report the jobs it was about."""
+    def _write(self, conn: sqlite3.Connection, batch: list[_Item]) -> bool:
+        """Commit ``batch`` in one transaction; return whether it was written.
+
+        Events are shown to the streams only once written: a batch that fails is kept and
+        written again, and until then the store reports itself failing.
+        """
         events: list[tuple[int, float, str, str, str, bytes]] = []
         jobs: dict[str, _JobFields] = {}  # each job once, as of its newest event
         forgotten: set[str] = set()
@@ -487,7 +517,7 @@ class SqliteStore:
                     jobs.pop(job_id, None)
                 forgotten.update(item.job_ids)
         if not (events or jobs or forgotten):
-            return
+            return True
         try:
             rows = [_job_row(fields) for fields in jobs.values()]
             conn.execute("BEGIN")
@@ -497,17 +527,21 @@ class SqliteStore:
             conn.execute("COMMIT")
         except Exception as exc:
             _rollback(conn)
-            self._report(exc, jobs)
-            # Lost, and reported: the live streams still get these events.
-            self._acknowledge(events)
-            return
+            self._report(exc)
+            return False
         self._acknowledge(events)
         self.batches += 1
         if events:
             self.committed_seq = events[-1][0]
         if self._failing_since is not None:
-            logger.warning("%s: writes succeed again", self.path)
+            logger.warning(
+                "%s: writes succeed again, after %.1f s",
+                self.path,
+                time.monotonic() - self._failing_since,
+            )
             self._failing_since = None
+            self._tell_health(None)
+        return True
 
     def _acknowledge(self, events: list[tuple[int, float, str, str, str, bytes]]) -> None:
         callback, loop = self._on_stored, self._loop
@@ -532,27 +566,44 @@ class SqliteStore:
             _rollback(conn)
             raise
 
-    def _report(self, exc: Exception, job_ids: Iterable[str]) -> None:
-        """Log a failed write, naming the file, and hand the jobs it was about to the loop.
+    def _prune_quietly(self, conn: sqlite3.Connection) -> None:
+        # Pruning frees space; when it fails, the next write says why the file is unwell.
+        try:
+            self._prune(conn)
+        except Exception as exc:
+            logger.warning(
+                "%s: pruning old events failed (%s); it is tried again later", self.path, exc
+            )
 
-        A streak of failures (a full disk fails every batch) is logged when it starts, every
-        minute while it lasts, and when it ends.
+    def _report(self, exc: Exception) -> None:
+        """Log a failed write, naming the file, and tell the service it is failing.
+
+        A streak of failures (a full disk fails every attempt) is logged when it starts,
+        every minute while it lasts, and when it ends.
         """
         if isinstance(exc, sqlite3.Error):
             error = self._error(exc)
         else:
             error = StoreError(self.path, f"a write failed ({exc!r})", "report this jobcast bug")
         now = time.monotonic()
-        if self._failing_since is None or now - self._logged_at >= _LOG_EVERY:
+        starting = self._failing_since is None
+        if starting or now - self._logged_at >= _LOG_EVERY:
             self._failing_since = self._failing_since or now
             self._logged_at = now
-            logger.error("%s", error, exc_info=not isinstance(exc, sqlite3.Error))
-        affected = frozenset(job_ids)
-        callback, loop = self._on_failure, self._loop
-        if callback is None or loop is None or not affected:
+            logger.error(
+                "%s; what happens meanwhile is kept in memory and written once it can be",
+                error,
+                exc_info=not isinstance(exc, sqlite3.Error),
+            )
+        if starting:
+            self._tell_health(error)
+
+    def _tell_health(self, problem: StoreError | None) -> None:
+        callback, loop = self._on_health, self._loop
+        if callback is None or loop is None:
             return
         try:
-            loop.call_soon_threadsafe(callback, WriteFailure(affected, error))
+            loop.call_soon_threadsafe(callback, problem)
         except RuntimeError:  # the loop has closed: nobody is left to tell
             pass
 
@@ -581,10 +632,11 @@ def _settle_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[N
 
 def _job_row(fields: _JobFields) -> tuple[Any, ...]:
     (job_id, task, state, created_at, started_at, finished_at, first_seq, last_seq) = fields[:8]
-    params, progress, result, error = fields[8:]
+    updated_at, params, progress, result, error = fields[8:]
     data = {
         "params": params,
         "started_at": started_at,
+        "updated_at": updated_at,
         "progress": None
         if progress is None
         else {
@@ -597,7 +649,7 @@ def _job_row(fields: _JobFields) -> tuple[Any, ...]:
         "result": result,
         "error": None if error is None else error.to_dict(),
     }
-    return (job_id, task, state, created_at, finished_at, first_seq, last_seq, _dumps(data))
+    return (job_id, task, state, created_at, finished_at, first_seq, last_seq, encode_json(data))
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:
@@ -617,4 +669,5 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         error=None if error is None else JobError(**error),
         first_seq=first_seq,
         last_seq=last_seq,
+        updated_at=data.get("updated_at") or 0.0,  # absent in files of older versions
     )

@@ -1,0 +1,116 @@
+"""The JSON answers of jobcast's routes: encoded by the one encoder, so always encodable.
+
+Errors become answers here too: a domain error with its status and a message that says what
+to do, and a 422 whose details echo the client's input only as far as it is safe and short.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from ._wire import describe
+from .events import encode_json_bytes
+from .exceptions import (
+    BackendUnavailable,
+    CrossOrigin,
+    DuplicateJob,
+    JobcastError,
+    JobFinished,
+    NotAccepting,
+    QueueFull,
+    RateLimited,
+    StoreUnavailable,
+    StreamsFull,
+    TooManyStreams,
+    Unauthorized,
+    UnknownJob,
+    UnknownTask,
+)
+
+__all__ = ["SafeJSONResponse", "error_response", "validation_response"]
+
+#: Characters of a client's string, and items of its list or object, echoed in a 422.
+_ECHO_TEXT = 200
+_ECHO_ITEMS = 20
+
+
+class SafeJSONResponse(JSONResponse):
+    """A JSON answer rendered by :func:`~jobcast.events.encode_json_bytes`: text that UTF-8
+    cannot carry is made safe, and a value JSON cannot carry never makes a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return encode_json_bytes(content)
+
+
+_STATUS: dict[type[JobcastError], int] = {
+    Unauthorized: 401,
+    CrossOrigin: 403,
+    UnknownTask: 404,
+    UnknownJob: 404,
+    JobFinished: 409,
+    DuplicateJob: 409,
+    QueueFull: 429,
+    RateLimited: 429,
+    TooManyStreams: 429,
+    NotAccepting: 503,
+    BackendUnavailable: 503,
+    StoreUnavailable: 503,
+    StreamsFull: 503,
+}
+
+
+def error_response(exc: JobcastError) -> SafeJSONResponse:
+    """The HTTP answer for a domain error: its status, and a message that says what to do."""
+    status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
+    headers: dict[str, str] = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="jobcast"'
+    body: dict[str, Any] = {"detail": str(exc)}
+    if isinstance(exc, DuplicateJob):
+        body["job"] = exc.snapshot
+    return SafeJSONResponse(body, status_code=status, headers=headers)
+
+
+def validation_response(errors: Sequence[Any]) -> SafeJSONResponse:
+    """The 422 for invalid params, as FastAPI shapes it (``{"detail": [...]}``), with each
+    error's ``input`` echoed only as far as it is short, and numbers JSON cannot carry
+    written as text: a 45 MB body is not sent back, and ``NaN`` is not a 500."""
+    detail = []
+    for error in errors:
+        if not isinstance(error, dict):
+            detail.append({"msg": describe(error, 1000)})
+            continue
+        shown = {key: value for key, value in error.items() if key not in ("input", "ctx")}
+        if "input" in error:
+            shown["input"] = _echo(error["input"], 0)
+        if isinstance(error.get("ctx"), dict):
+            shown["ctx"] = {str(key): _echo(value, 0) for key, value in error["ctx"].items()}
+        detail.append(shown)
+    return SafeJSONResponse({"detail": detail}, status_code=422)
+
+
+def _echo(value: Any, depth: int) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return describe(value, _ECHO_TEXT)
+    if isinstance(value, int):
+        return value if value.bit_length() <= 64 else describe(value, 40)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict | list | tuple):
+        if depth >= 3 or len(value) > _ECHO_ITEMS:
+            kind = "object" if isinstance(value, dict) else "list"
+            return f"<an {kind} of {len(value)} items, not echoed>"
+        if isinstance(value, dict):
+            return {
+                describe(key, _ECHO_TEXT): _echo(item, depth + 1) for key, item in value.items()
+            }
+        return [_echo(item, depth + 1) for item in value]
+    return describe(value, _ECHO_TEXT)
