@@ -15,7 +15,6 @@ import anyio
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
 
 from jobcast import Job, JobCast
 from tests.apps import GATES, make_jobs
@@ -45,7 +44,7 @@ def free_port() -> int:
 class Server:
     """A real uvicorn serving ``app`` on a loopback port, in a thread; restartable."""
 
-    def __init__(self, app: FastAPI, port: int) -> None:
+    def __init__(self, app: Any, port: int) -> None:
         self.app = app
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -80,12 +79,18 @@ class Server:
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., tuple[JobCast, Server]]]:
-    """Start a real server for a fresh JobCast: ``jobs, server = serve(**options)``."""
+    """Start a real server for a fresh JobCast: ``jobs, server = serve(**options)``;
+    ``build`` makes its app (``JobCast.create_app`` unless given)."""
     servers: list[Server] = []
 
-    def start(jobs: JobCast | None = None, **options: Any) -> tuple[JobCast, Server]:
+    def start(
+        jobs: JobCast | None = None,
+        *,
+        build: Callable[[JobCast], Any] | None = None,
+        **options: Any,
+    ) -> tuple[JobCast, Server]:
         jobs = jobs or make_jobs(**options)
-        server = Server(jobs.create_app(), free_port())
+        server = Server((build or JobCast.create_app)(jobs), free_port())
         server.start()
         servers.append(server)
         return jobs, server

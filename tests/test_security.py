@@ -1,6 +1,9 @@
-"""Issue 8: the token, the origin check, CORS, the limits, dropping clients that stopped reading.
+"""The token, the origin check, CORS, the Host check, the limits, dropping clients that
+stopped reading.
 
 Finite answers in process; streams against a real uvicorn; the page in a real Chromium.
+Every rule of jobcast's own routes is tested twice (``BOTH``): on the app ``create_app``
+makes, and with ``jobs.router`` mounted into an app of one's own.
 """
 
 from __future__ import annotations
@@ -48,10 +51,40 @@ class Service:
         return httpx.AsyncClient(transport=transport, base_url=BASE)
 
 
+#: How the service is built for the test that runs now (set by the ``mode`` fixture).
+MODE = "create_app"
+BOTH = pytest.mark.parametrize("mode", ["create_app", "mounted"], indirect=True)
+
+
+@pytest.fixture
+def mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    global MODE
+    MODE = request.param
+    try:
+        yield MODE
+    finally:
+        MODE = "create_app"
+
+
+def build(jobs: JobCast) -> FastAPI:
+    """The app of the current mode: ``create_app()``, or the router in an app of one's own."""
+    if MODE == "mounted":
+        app = FastAPI(lifespan=jobs.lifespan)
+        app.include_router(jobs.router)
+        return app
+    return jobs.create_app()
+
+
+@pytest.fixture
+def serve(serve: Serve) -> Serve:
+    """The real server of the current mode."""
+    return lambda *args, **options: serve(*args, build=build, **options)
+
+
 @asynccontextmanager
 async def service(app: Any = None, **options: Any) -> AsyncIterator[Service]:
     jobs = make_jobs(**options)
-    app = app or jobs.create_app()
+    app = app or build(jobs)
     async with jobs.lifespan(app):
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
@@ -66,14 +99,20 @@ def hold_job(name: str) -> dict[str, Any]:
 
 
 @pytest.mark.anyio
-async def test_without_a_token_starting_a_job_needs_nothing() -> None:
+@BOTH
+async def test_without_a_token_starting_a_job_needs_nothing(
+    mode: str,
+) -> None:
     async with service() as svc:
         response = await svc.client.post("/api/tasks/count/jobs", json={"n": 1})
         assert response.status_code == 202
 
 
 @pytest.mark.anyio
-async def test_with_a_token_starting_and_cancelling_need_the_bearer_header() -> None:
+@BOTH
+async def test_with_a_token_starting_and_cancelling_need_the_bearer_header(
+    mode: str,
+) -> None:
     async with service(token=TOKEN) as svc:
         refused = await svc.client.post("/api/tasks/hold/jobs", json=hold_job("t"))
         assert refused.status_code == 401
@@ -102,7 +141,10 @@ async def test_with_a_token_starting_and_cancelling_need_the_bearer_header() -> 
 
 
 @pytest.mark.anyio
-async def test_any_of_several_tokens_is_accepted() -> None:
+@BOTH
+async def test_any_of_several_tokens_is_accepted(
+    mode: str,
+) -> None:
     async with service(token=f"{TOKEN},{OTHER}") as svc:
         for token in (TOKEN, OTHER):
             response = await svc.client.post(
@@ -138,7 +180,10 @@ async def test_protected_reads_need_the_token_in_the_header_cookie_or_query(path
 
 
 @pytest.mark.anyio
-async def test_a_wrong_header_is_refused_even_with_a_right_cookie() -> None:
+@BOTH
+async def test_a_wrong_header_is_refused_even_with_a_right_cookie(
+    mode: str,
+) -> None:
     async with service(token=TOKEN, protect_reads=True) as svc:
         svc.client.cookies.set("jobcast_token", TOKEN)
         response = await svc.client.get("/api/jobs", headers={"Authorization": "Bearer wrong"})
@@ -154,7 +199,10 @@ async def test_the_health_check_the_page_and_the_docs_page_stay_open(path: str) 
 
 
 @pytest.mark.anyio
-async def test_a_cookie_or_query_token_never_authorizes_a_change() -> None:
+@BOTH
+async def test_a_cookie_or_query_token_never_authorizes_a_change(
+    mode: str,
+) -> None:
     async with service(token=TOKEN, protect_reads=True) as svc:
         by_query = await svc.client.post(
             "/api/tasks/count/jobs", json={"n": 1}, params={"token": TOKEN}
@@ -167,7 +215,10 @@ async def test_a_cookie_or_query_token_never_authorizes_a_change() -> None:
 
 
 @pytest.mark.anyio
-async def test_the_header_gets_the_stream_cookie_set_when_reads_are_protected() -> None:
+@BOTH
+async def test_the_header_gets_the_stream_cookie_set_when_reads_are_protected(
+    mode: str,
+) -> None:
     async with service(token=TOKEN, protect_reads=True) as svc:
         response = await svc.client.get("/api/tasks", headers=BEARER)
         cookie = response.headers["set-cookie"]
@@ -220,7 +271,10 @@ async def test_the_router_mounted_into_another_app_keeps_the_token() -> None:
 
 
 @pytest.mark.anyio
-async def test_the_schema_declares_the_token_only_where_it_is_needed() -> None:
+@BOTH
+async def test_the_schema_declares_the_token_only_where_it_is_needed(
+    mode: str,
+) -> None:
     async with service(token=TOKEN) as svc:
         schema = (await svc.client.get("/openapi.json")).json()
         start = schema["paths"]["/api/tasks/count/jobs"]["post"]
@@ -239,7 +293,8 @@ async def test_the_schema_declares_the_token_only_where_it_is_needed() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("token", [None, TOKEN])
-async def test_a_page_of_another_origin_cannot_start_a_job(token: str | None) -> None:
+@BOTH
+async def test_a_page_of_another_origin_cannot_start_a_job(mode: str, token: str | None) -> None:
     options = {"token": token} if token else {}
     headers = BEARER if token else {}
     async with service(**options) as svc:
@@ -257,7 +312,10 @@ async def test_a_page_of_another_origin_cannot_start_a_job(token: str | None) ->
 
 
 @pytest.mark.anyio
-async def test_cors_is_off_until_origins_are_configured() -> None:
+@BOTH
+async def test_cors_is_off_until_origins_are_configured(
+    mode: str,
+) -> None:
     async with service() as svc:
         response = await svc.client.get("/api/jobs", headers={"Origin": "https://app.example"})
         assert response.status_code == 200
@@ -270,7 +328,10 @@ async def test_cors_is_off_until_origins_are_configured() -> None:
 
 
 @pytest.mark.anyio
-async def test_configured_origins_may_call_with_the_token() -> None:
+@BOTH
+async def test_configured_origins_may_call_with_the_token(
+    mode: str,
+) -> None:
     origin = "https://app.example"
     async with service(token=TOKEN, cors_origins=origin) as svc:
         preflight = await svc.client.options(
@@ -307,7 +368,10 @@ async def test_configured_origins_may_call_with_the_token() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_wildcard_origin_never_comes_with_credentials() -> None:
+@BOTH
+async def test_a_wildcard_origin_never_comes_with_credentials(
+    mode: str,
+) -> None:
     async with service(cors_origins="*") as svc:
         response = await svc.client.get("/api/jobs", headers={"Origin": "https://any.example"})
         assert response.headers["access-control-allow-origin"] == "*"
@@ -396,7 +460,8 @@ def nested(depth: int) -> Any:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("path", ["/api/tasks/boom/jobs", "/api/tasks/no-such-task/jobs"])
-async def test_params_nested_too_deep_are_refused_before_validation(path: str) -> None:
+@BOTH
+async def test_params_nested_too_deep_are_refused_before_validation(mode: str, path: str) -> None:
     async with service(max_param_depth=8) as svc:
         before = svc.jobs.runner.log.last_seq
         response = await svc.client.post(path, json={"message": nested(8)})
@@ -420,7 +485,10 @@ async def test_params_nested_too_deep_are_refused_before_validation(path: str) -
 
 
 @pytest.mark.anyio
-async def test_a_params_string_or_key_too_long_is_refused() -> None:
+@BOTH
+async def test_a_params_string_or_key_too_long_is_refused(
+    mode: str,
+) -> None:
     async with service(max_param_string=100) as svc:
         response = await svc.client.post("/api/tasks/boom/jobs", json={"message": "x" * 101})
         assert response.status_code == 422
@@ -437,7 +505,10 @@ async def test_a_params_string_or_key_too_long_is_refused() -> None:
 
 
 @pytest.mark.anyio
-async def test_jobs_per_minute_are_limited_per_client() -> None:
+@BOTH
+async def test_jobs_per_minute_are_limited_per_client(
+    mode: str,
+) -> None:
     async with service(jobs_per_minute=3) as svc:
         for _ in range(3):
             response = await svc.client.post("/api/tasks/count/jobs", json={"n": 1})
@@ -465,7 +536,10 @@ async def test_jobs_per_minute_are_limited_per_client() -> None:
 
 
 @pytest.mark.anyio
-async def test_log_lines_past_the_limit_are_dropped_and_counted() -> None:
+@BOTH
+async def test_log_lines_past_the_limit_are_dropped_and_counted(
+    mode: str,
+) -> None:
     async with service(max_log_lines=5) as svc:
         response = await svc.client.post("/api/tasks/shout/jobs", json={"lines": 20})
         job_id = response.json()["id"]
@@ -493,7 +567,10 @@ def client_at(address: str, **options: Any) -> httpx.AsyncClient:
 
 
 @pytest.mark.anyio
-async def test_stream_limits_answer_429_per_client_and_503_in_total(serve: Serve) -> None:
+@BOTH
+async def test_stream_limits_answer_429_per_client_and_503_in_total(
+    mode: str, serve: Serve
+) -> None:
     jobs, server = serve(max_streams_per_client=2, max_streams=3)
     events = f"{server.url}/api/events"
     async with client_at("127.0.0.1") as a, client_at("127.0.0.2") as b:
@@ -519,7 +596,10 @@ async def test_stream_limits_answer_429_per_client_and_503_in_total(serve: Serve
 
 
 @pytest.mark.anyio
-async def test_protected_streams_take_the_token_from_a_cookie_or_the_query(serve: Serve) -> None:
+@BOTH
+async def test_protected_streams_take_the_token_from_a_cookie_or_the_query(
+    mode: str, serve: Serve
+) -> None:
     _, server = serve(token=TOKEN, protect_reads=True)
     events = f"{server.url}/api/events"
     async with httpx.AsyncClient(timeout=10) as client:
@@ -538,7 +618,9 @@ async def test_protected_streams_take_the_token_from_a_cookie_or_the_query(serve
 
 
 @pytest.mark.anyio
+@BOTH
 async def test_a_client_that_stops_reading_is_dropped_and_resumes_from_its_last_id(
+    mode: str,
     serve: Serve,
 ) -> None:
     jobs, server = serve(stream_send_timeout=0.5)
@@ -635,3 +717,72 @@ def test_the_page_asks_for_the_token_then_works_without_it_in_any_url(
     finally:
         context.close()
     assert not [url for url in urls if TOKEN in url]
+
+
+# -- the Host check, the body limit and HEAD on real servers, in both modes --------------------
+
+
+@BOTH
+def test_a_page_that_rebinds_its_name_to_this_server_is_refused(mode: str, serve: Serve) -> None:
+    jobs, server = serve()
+    rebound = f"attacker.example:{server.port}"
+    headers = {"Host": rebound, "Origin": f"http://{rebound}"}
+    started = httpx.post(f"{server.url}/api/tasks/count/jobs", json={"n": 1}, headers=headers)
+    assert started.status_code == 400
+    assert "JOBCAST_ALLOWED_HOSTS" in started.json()["detail"]
+    assert httpx.get(f"{server.url}/api/jobs", headers={"Host": rebound}).status_code == 400
+    with httpx.stream("GET", f"{server.url}/api/events", headers={"Host": rebound}) as stream:
+        assert stream.status_code == 400
+    assert jobs.runner.jobs == {}
+    # Names for this machine, and any IP address, are served.
+    for host in ("localhost", "LOCALHOST.", "app.localhost", "127.0.0.1", "[::1]", "10.1.2.3"):
+        answer = httpx.get(f"{server.url}/api/jobs", headers={"Host": f"{host}:{server.port}"})
+        assert answer.status_code == 200, host
+
+
+@BOTH
+def test_allowed_hosts_are_served_and_patterns_cover_a_domain(mode: str, serve: Serve) -> None:
+    _, server = serve(allowed_hosts="jobs.example.com,*.internal.example")
+    for host, status in (
+        ("jobs.example.com", 202),
+        ("a.internal.example", 202),
+        ("internal.example.evil", 400),
+        ("example.com", 400),
+    ):
+        headers = {"Host": host, "Origin": f"http://{host}"}
+        answer = httpx.post(f"{server.url}/api/tasks/count/jobs", json={"n": 1}, headers=headers)
+        assert answer.status_code == status, host
+
+
+@BOTH
+def test_a_huge_body_is_refused_before_it_is_read(mode: str, serve: Serve) -> None:
+    jobs, server = serve()
+    url = f"{server.url}/api/tasks/shout/jobs"
+    huge = b'{"lines": 1, "x": "' + b"x" * 45_000_000 + b'"}'
+    declared = httpx.post(url, content=huge, headers={"Content-Type": "application/json"})
+    assert declared.status_code == 413
+    assert "JOBCAST_MAX_BODY_BYTES" in declared.json()["detail"]
+    assert len(declared.content) < 1000  # nothing echoed
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(45):
+            yield b"x" * 1_000_000
+
+    chunked = httpx.post(url, content=chunks(), headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413
+    assert jobs.runner.jobs == {}
+
+
+@BOTH
+def test_every_get_route_answers_head(mode: str, serve: Serve) -> None:
+    jobs, server = serve()
+    job_id = httpx.post(f"{server.url}/api/tasks/count/jobs", json={"n": 1}).json()["id"]
+    wait_until(lambda: jobs.runner.get(job_id).finished)
+    paths = {"/healthz", "/api/tasks", "/api/jobs", f"/api/jobs/{job_id}", "/api/events"}
+    paths |= {f"/api/jobs/{job_id}/events", "/openapi.json", "/docs"}
+    if mode == "create_app":
+        paths |= {"/", "/static/app.js"}
+    for path in sorted(paths):
+        head = httpx.head(f"{server.url}{path}", timeout=5)
+        assert head.status_code == 200, path
+        assert head.content == b"", path
