@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -356,6 +357,7 @@ async def test_a_worker_killed_mid_job_is_noticed_and_its_jobs_are_interrupted_o
         await events.wait(is_(retried["id"], "log"))
         cluster.worker()  # a second worker, with nothing to do yet
 
+        killed_wall = time.time()
         doomed.kill_9()
         killed_at, mark = time.monotonic(), len(events.frames)
         interrupted = await events.wait(is_(held["id"], *TERMINAL), since=mark)
@@ -369,6 +371,9 @@ async def test_a_worker_killed_mid_job_is_noticed_and_its_jobs_are_interrupted_o
     assert error["type"] == "Interrupted"
     assert "stopped answering" in error["message"], error
     assert noticed_after < 4 * HEARTBEAT, noticed_after
+    # It ended when it was last known running, not when the loss was noticed.
+    finished_at = datetime.fromisoformat(interrupted.data["job"]["finished_at"]).timestamp()
+    assert finished_at <= killed_wall
     # The other job went back on the queue, said so, and the other worker ran it anew.
     story = [
         frame.data["line"] if frame.event == "log" else frame.event

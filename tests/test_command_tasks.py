@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from jobcast import JobState
-from tests.conftest import log_lines, wait_job
+from tests.conftest import Process, log_lines, wait_job, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -67,3 +68,26 @@ async def test_a_timeout_fails_the_job_in_every_mode(api: Start, task: str, limi
     assert job.state is JobState.FAILED
     assert job.error is not None and job.error.type == "TimeoutError"
     assert limit in job.error.message
+
+
+async def test_a_failed_command_and_a_timeout_log_one_line_each_not_a_traceback(
+    spawn: Callable[..., Process], client: httpx.AsyncClient
+) -> None:
+    server = spawn()
+    ids = []
+    for task, body in (("batch", {"items": 4, "fail_at": 2}), ("hang", {})):
+        response = await client.post(f"{server.url}/api/tasks/{task}/jobs", json=body)
+        ids.append(response.json()["id"])
+
+    def all_failed() -> bool:
+        states = {httpx.get(f"{server.url}/api/jobs/{job_id}").json()["state"] for job_id in ids}
+        return states == {"failed"}
+
+    wait_until(all_failed, seconds=20)
+    output = server.output()
+    logged = [line for line in output.splitlines() if "uvicorn" not in line and ' - "' not in line]
+    failed, timed_out = ([line for line in logged if job_id in line] for job_id in ids)
+    assert len(failed) == 1 and "exited with code" in failed[0]
+    assert f"GET /api/jobs/{ids[0]}/events" in failed[0]  # where its output is
+    assert len(timed_out) == 1 and "ran past its timeout" in timed_out[0]
+    assert "Traceback" not in output

@@ -8,9 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from jobcast import Job
+from jobcast import Job, JobCast
 from jobcast.events import Event
 from jobcast.store import MemoryStore, Recovered, Store
 from tests.conftest import Server
@@ -115,6 +116,21 @@ def test_a_started_job_fills_its_bar_and_succeeds(serve: Serve, page: Page) -> N
 
     row.locator("button.logs").click()
     expect(page.locator("#log-panel")).to_contain_text("step 10/10 done")
+
+
+def in_an_app_of_ones_own(jobs: JobCast) -> FastAPI:
+    """The README's way to put jobcast into one's own app: the router, then the page."""
+    app = FastAPI(lifespan=jobs.lifespan)
+    app.include_router(jobs.router)
+    jobs.add_page(app)
+    return app
+
+
+def test_the_page_works_in_an_app_of_ones_own(serve: Serve, page: Page) -> None:
+    _, server = serve(build=in_an_app_of_ones_own)
+    open_dashboard(page, server)
+    start_sleep(page, seconds="0.2", steps="2")
+    expect(page.locator("tr[data-job-id]")).to_have_attribute("data-state", "succeeded")
 
 
 def test_a_running_job_can_be_cancelled(serve: Serve, page: Page) -> None:

@@ -6,7 +6,9 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -81,7 +83,9 @@ async def test_kill_9_mid_job_then_restart_on_the_same_file_loses_and_repeats_no
     last_id = seen[-1].id
     assert last_id is not None
     wait_until(lambda: committed_seq(db) == last_id)  # what the client saw is on disk
+    last_seen_at = seen[-1].data["ts"]
     kill_9(server)
+    restarted_at = time.time()
 
     server = spawn(JOBCAST_DB=str(db), JOBCAST_MAX_WORKERS="2")
     url = server.url
@@ -93,6 +97,9 @@ async def test_kill_9_mid_job_then_restart_on_the_same_file_loses_and_repeats_no
     assert [frame.id for frame in after] == list(range(last_id + 1, last_id + 1 + len(after)))
     assert after[0].event == "interrupted" and about(after[0]) == held["id"]
     assert "server stopped" in after[0].data["job"]["error"]["message"]
+    # It ended when it was last known running (its last event), not at the restart.
+    finished_at = datetime.fromisoformat(after[0].data["job"]["finished_at"]).timestamp()
+    assert finished_at <= last_seen_at < restarted_at
     by_job = [(about(frame), frame.event) for frame in after]
     assert (retried["id"], "queued") in by_job and (retried["id"], "running") in by_job
     assert (waiting["id"], "running") in by_job

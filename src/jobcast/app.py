@@ -232,6 +232,19 @@ class JobCast:
         finally:
             await redis.aclose()
 
+    def add_page(self, app: FastAPI) -> None:
+        """Serve the dashboard page at ``/`` of ``app`` and its files under ``/static``.
+
+        For an app of one's own with :attr:`router` included at its root, where the page
+        finds the API.
+        """
+        static = _static_dir()
+        app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
+
+        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+        async def index() -> FileResponse:
+            return FileResponse(static / "index.html")
+
     def create_app(self, **fastapi_options: Any) -> FastAPI:
         """A FastAPI app serving the API, the streams and the dashboard page.
 
@@ -266,12 +279,7 @@ class JobCast:
         if settings.token:
             RedactTokens.install()
         app.include_router(self.router)
-        static = _static_dir()
-        app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
-
-        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-        async def index() -> FileResponse:
-            return FileResponse(static / "index.html")
+        self.add_page(app)
 
         app.stream_fast_path = _FastPathSpec(
             runner=lambda: self.runner,

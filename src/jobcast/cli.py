@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import uvicorn
 
 from . import __version__
 from .app import JobCast
-from .exceptions import BackendUnavailable, StoreError
+from .exceptions import BackendUnavailable, SettingsError, StoreError
+from .policy import AllowedHosts
+from .settings import Settings
 
 __all__ = ["load_app", "main"]
 
@@ -28,7 +31,16 @@ _TARGET_VARIABLE = "JOBCAST_APP"
 def load_app(target: str) -> Any:
     """Import ``module:attr`` and return an ASGI app; a :class:`JobCast` gets its app made."""
     obj = load_target(target)
-    return obj.create_app() if isinstance(obj, JobCast) else obj
+    try:
+        return obj.create_app() if isinstance(obj, JobCast) else obj
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> NoReturn:
+    """Say what is wrong in one line on stderr, and exit with status 2."""
+    print(f"jobcast: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def load_target(target: str) -> Any:
@@ -38,6 +50,8 @@ def load_target(target: str) -> Any:
         raise SystemExit(f"jobcast: {target!r} is not module:attr (for example myapp.jobs:jobs)")
     try:
         module = importlib.import_module(module_name)
+    except SettingsError as exc:  # a JobCast(...) there was given a bad option
+        _fail(str(exc))
     except ImportError as exc:
         raise SystemExit(
             f"jobcast: cannot import {module_name!r} ({exc}); check the name and that it is "
@@ -98,6 +112,29 @@ class _StoreErrorWithoutTraceback(logging.Filter):
         return True
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _say_which_hosts(host: str, settings: Settings) -> None:
+    """Off loopback, say which ``Host`` names requests may use, and how to add one; a name
+    given as ``--host`` is one of them."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:  # a name: requests naming it are for this server
+        names = [*settings.allowed_hosts, host]
+        os.environ["JOBCAST_ALLOWED_HOSTS"] = ",".join(names)
+        settings = Settings.from_env()
+    if host in _LOOPBACK:
+        return
+    allowed = AllowedHosts(settings.allowed_hosts).describe()
+    print(
+        f"jobcast: listening on {host}; requests must name one of these hosts: {allowed}. "
+        "Add a name with JOBCAST_ALLOWED_HOSTS=jobs.example.com (comma-separated; "
+        "*.example.com for a domain)",
+        file=sys.stderr,
+    )
+
+
 def app_from_environment() -> Any:
     """The uvicorn factory used with ``--reload``: the target travels in the environment."""
     return load_app(os.environ.get(_TARGET_VARIABLE, DEMO))
@@ -126,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.getcwd())
+    try:
+        settings = Settings.from_env()  # a bad JOBCAST_* variable is one line, not a traceback
+    except SettingsError as exc:
+        _fail(str(exc))
     if args.command == "worker":
         _work(args.target)
         return
@@ -140,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "jobcast worker for the jobs"
         )
     logging.getLogger("uvicorn.error").addFilter(_StoreErrorWithoutTraceback())
+    _say_which_hosts(args.host, settings)
     # Streams hold connections open; past the grace period uvicorn stops waiting for them.
-    grace = float(os.environ.get("JOBCAST_GRACE_PERIOD", "5"))
+    grace = settings.grace_period
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import Field
 
+from .api import JobcastRoute
 from .app import JobCast
 from .context import JobContext
 
@@ -129,7 +130,8 @@ jobs.command(
 )
 
 
-recipe = APIRouter(tags=["recipe"])
+# jobcast's route class: the recipe's routes follow the same rules (HEAD on GET included).
+recipe = APIRouter(tags=["recipe"], route_class=JobcastRoute.for_settings(jobs.settings))
 
 
 @recipe.post("/api/background-task")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from .settings import without_password
-
 __all__ = [
     "BackendUnavailable",
     "CrossOrigin",
@@ -14,6 +12,7 @@ __all__ = [
     "NotAccepting",
     "QueueFull",
     "RateLimited",
+    "SettingsError",
     "StoreError",
     "StoreUnavailable",
     "StreamsFull",
@@ -35,6 +34,10 @@ class JobcastError(Exception):
 
     #: Seconds after which the same request may succeed (sent as ``Retry-After``), if known.
     retry_after: int | None = None
+
+
+class SettingsError(JobcastError, ValueError):
+    """Raised when a setting (a keyword of ``JobCast`` or a ``JOBCAST_*`` variable) is invalid."""
 
 
 class UnknownTask(JobcastError):
@@ -227,3 +230,12 @@ class BackendUnavailable(JobcastError):
             f"Redis at {url} is unreachable ({problem}); check that redis-server runs there "
             "(JOBCAST_REDIS_URL), then retry"
         )
+
+
+def without_password(url: str) -> str:
+    """``url`` with the password of its user part, if any, shown as ``***``: fit for logs."""
+    scheme, sep, rest = url.partition("://")
+    user, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in user:
+        return url
+    return f"{scheme}://{user.split(':', 1)[0]}:***@{host}"

@@ -7,6 +7,8 @@ factory and the CLI); everything inside takes plain values.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import math
 import os
 import re
@@ -14,7 +16,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Settings"]
+from .exceptions import SettingsError, without_password
+
+__all__ = ["Settings", "SettingsError", "without_password"]
+
+logger = logging.getLogger("jobcast")
 
 #: RFC 6750's token68: what fits in ``Authorization: Bearer``, a cookie and a comma list.
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
@@ -144,51 +150,51 @@ class Settings:
                 object.__setattr__(self, field.name, _as_tuple(field.name, value))
             elif kind == "str":
                 if not value or not isinstance(value, str):
-                    raise ValueError(f"{field.name} must not be empty; {_WHAT[field.name]}")
+                    raise SettingsError(f"{field.name} must not be empty; {_WHAT[field.name]}")
             elif kind == "bool":
                 if not isinstance(value, bool):
-                    raise ValueError(f"{field.name} must be True or False, got {value!r}")
+                    raise SettingsError(f"{field.name} must be True or False, got {value!r}")
             elif value is None and kind.endswith("| None"):
                 continue
             elif kind == "str | None":
                 if not isinstance(value, str) or not _REDIS_URL.match(value):
-                    raise ValueError(
+                    raise SettingsError(
                         f"{field.name} must be a Redis URL such as redis://localhost:6379/0 "
                         f"(or rediss://, unix://), got {value!r}"
                     )
             elif not value > 0 or value == math.inf:  # also refuses NaN
-                raise ValueError(f"{field.name} must be positive and finite, got {value!r}")
+                raise SettingsError(f"{field.name} must be positive and finite, got {value!r}")
         self._check_tokens()
         self._check_origins()
 
     def _check_tokens(self) -> None:
         for token in self.token:
             if not _TOKEN.fullmatch(token):
-                raise ValueError(
+                raise SettingsError(
                     "token: a token may hold only letters, digits and - . _ ~ + / (then = "
                     "padding); generate one with: python -c 'import secrets; "
                     "print(secrets.token_urlsafe(32))'"
                 )
             if len(token) < _MIN_TOKEN_LENGTH:
-                raise ValueError(
+                raise SettingsError(
                     f"token: a token must be at least {_MIN_TOKEN_LENGTH} characters long; "
                     "generate one with: python -c 'import secrets; "
                     "print(secrets.token_urlsafe(32))'"
                 )
         if self.protect_reads and not self.token:
-            raise ValueError(
+            raise SettingsError(
                 "protect_reads needs a token to check: set JOBCAST_TOKEN (or token=) too"
             )
 
     def _check_origins(self) -> None:
         if "*" in self.cors_origins and len(self.cors_origins) > 1:
-            raise ValueError(
+            raise SettingsError(
                 "cors_origins: '*' allows every origin and cannot be combined with others; "
                 "give either '*' or a list of origins"
             )
         for origin in self.cors_origins:
             if origin != "*" and not _ORIGIN.fullmatch(origin):
-                raise ValueError(
+                raise SettingsError(
                     f"cors_origins: {origin!r} is not an origin; write scheme://host[:port] "
                     "with no path or trailing slash, for example https://app.example.com"
                 )
@@ -226,10 +232,29 @@ class Settings:
                     values[name] = convert(environ[key])
                 except ValueError:
                     shown = "(hidden)" if name in _SECRET else repr(environ[key])
-                    raise ValueError(
+                    raise SettingsError(
                         f"{key}={shown} is not a valid {field.type}; fix or unset it"
                     ) from None
+        _warn_of_strangers(environ, names)
         return cls(**values)
+
+
+#: ``JOBCAST_*`` variables that are not settings but are jobcast's all the same.
+_NOT_SETTINGS = frozenset({"JOBCAST_APP"})
+_warned: set[str] = set()
+
+
+def _warn_of_strangers(environ: Mapping[str, str], names: Iterable[str]) -> None:
+    """Name each ``JOBCAST_*`` variable that is no setting (a typo is otherwise ignored in
+    silence), once per process, with the closest setting."""
+    known = {f"JOBCAST_{name.upper()}" for name in names} | _NOT_SETTINGS
+    for key in sorted(environ):
+        if not key.startswith("JOBCAST_") or key in known or key in _warned:
+            continue
+        _warned.add(key)
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; the settings are in the README"
+        logger.warning("%s is not a jobcast setting and is ignored%s", key, hint)
 
 
 def _as_tuple(name: str, value: object) -> tuple[str, ...]:
@@ -237,14 +262,5 @@ def _as_tuple(name: str, value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         return _parse_list(value)
     if not isinstance(value, Iterable) or not all(isinstance(item, str) for item in value):
-        raise ValueError(f"{name} must be a comma-separated string or a list of strings")
+        raise SettingsError(f"{name} must be a comma-separated string or a list of strings")
     return tuple(item.strip() for item in value if item.strip())
-
-
-def without_password(url: str) -> str:
-    """``url`` with the password of its user part, if any, shown as ``***``: fit for logs."""
-    scheme, sep, rest = url.partition("://")
-    user, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in user:
-        return url
-    return f"{scheme}://{user.split(':', 1)[0]}:***@{host}"

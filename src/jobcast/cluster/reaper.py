@@ -117,10 +117,19 @@ class Reaper:
             for entry_id, fields in claimed:
                 taken += await self._take_back(entry_id, fields, consumer)
 
+    async def _last_known(self, last: str | None) -> float | None:
+        """When the job's newest event happened: the last moment it was known running."""
+        if last is None:
+            return None
+        entries: Any = await self._redis.xrange(self._keys.events, f"{last}-0", f"{last}-0")
+        return float(entries[0][1]["ts"]) if entries else None
+
     async def _take_back(self, entry_id: str, fields: dict[str, str], worker: str) -> int:
         keys = self._keys
         job_id = fields["j"]
-        snap, state, holder = await self._redis.hmget(keys.job(job_id), "snap", "state", "worker")
+        snap, state, holder, last = await self._redis.hmget(
+            keys.job(job_id), "snap", "state", "worker", "last"
+        )
         taken = 0
         if state == JobState.RUNNING.value and holder == worker and snap is not None:
             job = Job.from_snapshot(json.loads(snap))
@@ -140,7 +149,8 @@ class Reaper:
                     )
                 else:
                     error = JobError("Interrupted", reason)
-                    finish(job, Outcome(JobState.INTERRUPTED, error=error))
+                    at = await self._last_known(str(last) if last else None) or job.started_at
+                    finish(job, Outcome(JobState.INTERRUPTED, error=error), at=at)
                     await self._scripts.apply(Change.of(job, job.state.value, expect_worker=worker))
                 taken = 1
                 logger.warning("job %s taken back: %s", job_id, reason)
