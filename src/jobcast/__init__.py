@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 from .app import JobCast
 from .context import JobContext
 from .exceptions import (
+    BackendUnavailable,
     CrossOrigin,
     DuplicateJob,
     JobCancelled,
@@ -15,7 +16,9 @@ from .exceptions import (
     NotAccepting,
     QueueFull,
     RateLimited,
+    SettingsError,
     StoreError,
+    StoreUnavailable,
     StreamsFull,
     TaskError,
     TooManyStreams,
@@ -27,6 +30,7 @@ from .jobs import TERMINAL_STATES, Job, JobState, Progress
 from .settings import Settings
 
 __all__ = [
+    "BackendUnavailable",
     "CrossOrigin",
     "DuplicateJob",
     "Job",
@@ -41,7 +45,9 @@ __all__ = [
     "QueueFull",
     "RateLimited",
     "Settings",
+    "SettingsError",
     "StoreError",
+    "StoreUnavailable",
     "StreamsFull",
     "TERMINAL_STATES",
     "TaskError",
