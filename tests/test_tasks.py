@@ -87,6 +87,34 @@ def test_params_refuse_the_wrong_type() -> None:
         register(crunch).validate({"rows": "many"})
 
 
+def anything(ctx: JobContext, line: str, ratio: float, extra: Any = None) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("params", "kind", "loc"),
+    [
+        ({"line": "x\ud800y", "ratio": 1.0}, "string_unicode", ("line",)),
+        ({"line": "ok", "ratio": float("nan")}, "finite_number", ("ratio",)),
+        ({"line": "ok", "ratio": float("inf")}, "finite_number", ("ratio",)),
+        ({"line": "ok", "ratio": 1, "extra": {"deep": [float("nan")]}}, "finite_number", None),
+        ({"line": "ok", "ratio": 1, "extra": {"\udce9": 1}}, "string_unicode", None),
+        ({"line": "ok", "ratio": 1, "extra": 10**5000}, "int_too_long", ("extra",)),
+    ],
+)
+def test_params_json_cannot_carry_are_refused_naming_the_field_even_in_process(
+    params: dict[str, Any], kind: str, loc: tuple[str, ...] | None
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        register(anything).validate(params)
+
+    (error,) = caught.value.errors()
+    assert error["type"] == kind
+    assert error["loc"][0] == (loc or ("extra",))[0]
+    if loc is not None:
+        assert error["loc"] == loc
+
+
 def test_task_with_only_the_context_takes_no_params() -> None:
     def ping(ctx: JobContext) -> None:
         pass

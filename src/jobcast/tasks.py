@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, cr
 from pydantic_core import PydanticCustomError
 
 from ._limits import check_params
+from ._wire import safe_text
 from .commands import check_template
 from .exceptions import UnknownTask
 
@@ -80,14 +81,21 @@ class Task:
     def validate(self, params: object) -> dict[str, Any]:
         """Validate raw params; return them as JSON-ready data. Raises pydantic's error,
         also for what JSON cannot carry (text with a lone surrogate, NaN in an ``Any``)."""
+        # Checked before pydantic, which would write NaN in an ``Any`` as null, and fail on
+        # a key with a lone surrogate when it dumps the model.
+        self._refuse_what_cannot_travel(params)
         values = self.params_model.model_validate(params).model_dump(mode="json")
-        problem = check_params(values)
+        self._refuse_what_cannot_travel(values)
+        return values
+
+    def _refuse_what_cannot_travel(self, params: object) -> None:
+        problem = check_params(params)
         if problem is not None:
             error = PydanticCustomError(problem.kind, problem.message)
+            loc = tuple(safe_text(part) if isinstance(part, str) else part for part in problem.loc)
             raise ValidationError.from_exception_data(
-                self.params_model.__name__, [{"type": error, "loc": problem.loc, "input": None}]
+                self.params_model.__name__, [{"type": error, "loc": loc, "input": None}]
             )
-        return values
 
 
 def params_model(func: Callable[..., Any], name: str) -> type[BaseModel]:
