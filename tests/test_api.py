@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -380,3 +381,31 @@ async def test_numbers_are_taken_as_json_numbers(api: Start) -> None:
         response = await client.post("/api/tasks/count/jobs", json={"n": bad})
         assert response.status_code == 422, bad
     assert len(jobs.runner.jobs) == 1
+
+
+def test_each_error_carries_its_own_answer() -> None:
+    from jobcast import exceptions
+    from jobcast.responses import error_response
+
+    errors: list[tuple[exceptions.JobcastError, int]] = [
+        (exceptions.UnknownTask("x", ["a"]), 404),
+        (exceptions.UnknownJob("x"), 404),
+        (exceptions.JobFinished("x", "failed"), 409),
+        (exceptions.DuplicateJob("x", "t", {"id": "x"}), 409),
+        (exceptions.QueueFull(3, retry_after=5), 429),
+        (exceptions.RateLimited(3, retry_after=7), 429),
+        (exceptions.TooManyStreams(3, retry_after=5), 429),
+        (exceptions.StreamsFull(3, retry_after=5), 503),
+        (exceptions.Unauthorized(reads=False), 401),
+        (exceptions.CrossOrigin("https://evil.example"), 403),
+        (exceptions.NotAccepting("stopping"), 503),
+        (exceptions.BackendUnavailable("redis://x", "down"), 503),
+    ]
+    for error, status in errors:
+        answer = error_response(error)
+        assert answer.status_code == status, error
+        assert json.loads(bytes(answer.body))["detail"] == str(error)
+        if error.retry_after is not None:
+            assert answer.headers["retry-after"] == str(error.retry_after)
+    assert "job" in json.loads(bytes(error_response(errors[3][0]).body))
+    assert error_response(errors[8][0]).headers["www-authenticate"].startswith("Bearer")

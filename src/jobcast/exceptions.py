@@ -9,6 +9,7 @@ __all__ = [
     "JobCancelled",
     "JobFinished",
     "JobcastError",
+    "LimitReached",
     "NotAccepting",
     "QueueFull",
     "RateLimited",
@@ -30,10 +31,38 @@ def _shown(value: str, limit: int = 80) -> str:
 
 
 class JobcastError(Exception):
-    """Raised for every failure jobcast reports on purpose; the root of the hierarchy."""
+    """Raised for every failure jobcast reports on purpose; the root of the hierarchy.
 
+    Each carries its answer over HTTP, as Starlette's ``HTTPException`` does: the status
+    (500 for errors that are not a client's to fix), and headers and a body made from it.
+    """
+
+    #: The HTTP status of the answer to a request that met this error.
+    status_code: int = 500
     #: Seconds after which the same request may succeed (sent as ``Retry-After``), if known.
     retry_after: int | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers of the answer."""
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(self.retry_after)}
+
+    def body(self) -> dict[str, object]:
+        """The JSON body of the answer: what went wrong and what to do."""
+        return {"detail": str(self)}
+
+
+class LimitReached(JobcastError):
+    """Raised when a request would pass one of the service's limits; it may be retried."""
+
+    status_code = 429
+
+    def __init__(self, limit: int, retry_after: int, message: str) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class SettingsError(JobcastError, ValueError):
@@ -42,6 +71,8 @@ class SettingsError(JobcastError, ValueError):
 
 class UnknownTask(JobcastError):
     """Raised when a task name is not registered."""
+
+    status_code = 404
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
@@ -55,6 +86,8 @@ class UnknownTask(JobcastError):
 class UnknownJob(JobcastError):
     """Raised when a job id is not known (never existed, or pruned)."""
 
+    status_code = 404
+
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no job with id {_shown(job_id)}; GET /api/jobs lists the known jobs")
@@ -62,6 +95,8 @@ class UnknownJob(JobcastError):
 
 class JobFinished(JobcastError):
     """Raised when cancelling a job that has already reached a terminal state."""
+
+    status_code = 409
 
     def __init__(self, job_id: str, state: str) -> None:
         self.job_id = job_id
@@ -74,6 +109,8 @@ class JobFinished(JobcastError):
 class DuplicateJob(JobcastError):
     """Raised when a task refuses a job whose params match one already queued or running."""
 
+    status_code = 409
+
     def __init__(self, job_id: str, task: str, snapshot: dict[str, object]) -> None:
         self.job_id = job_id
         self.task = task
@@ -83,58 +120,65 @@ class DuplicateJob(JobcastError):
             "watch that job, or wait for it to finish before starting another"
         )
 
+    def body(self) -> dict[str, object]:
+        return {**super().body(), "job": self.snapshot}
 
-class QueueFull(JobcastError):
+
+class QueueFull(LimitReached):
     """Raised when the job queue is at its limit."""
 
     def __init__(self, limit: int, retry_after: int) -> None:
-        self.limit = limit
-        self.retry_after = retry_after
         super().__init__(
+            limit,
+            retry_after,
             f"the job queue is full ({limit} jobs waiting); retry in {retry_after} s "
-            "or raise JOBCAST_MAX_QUEUE"
+            "or raise JOBCAST_MAX_QUEUE",
         )
 
 
-class RateLimited(JobcastError):
+class RateLimited(LimitReached):
     """Raised when a client starts jobs faster than ``jobs_per_minute`` allows."""
 
     def __init__(self, limit: int, retry_after: int) -> None:
-        self.limit = limit
-        self.retry_after = retry_after
         super().__init__(
+            limit,
+            retry_after,
             f"too many jobs started from your address: at most {limit} per minute; retry in "
-            f"{retry_after} s (the server's limit is JOBCAST_JOBS_PER_MINUTE)"
+            f"{retry_after} s (the server's limit is JOBCAST_JOBS_PER_MINUTE)",
         )
 
 
-class TooManyStreams(JobcastError):
+class TooManyStreams(LimitReached):
     """Raised when a client already holds ``max_streams_per_client`` streams open."""
 
     def __init__(self, limit: int, retry_after: int) -> None:
-        self.limit = limit
-        self.retry_after = retry_after
         super().__init__(
+            limit,
+            retry_after,
             f"your address already has {limit} streams open; close one first (GET /api/events "
             "carries every job, so one stream is usually enough), or raise "
-            "JOBCAST_MAX_STREAMS_PER_CLIENT"
+            "JOBCAST_MAX_STREAMS_PER_CLIENT",
         )
 
 
-class StreamsFull(JobcastError):
+class StreamsFull(LimitReached):
     """Raised when the server already holds ``max_streams`` streams open in total."""
 
+    status_code = 503
+
     def __init__(self, limit: int, retry_after: int) -> None:
-        self.limit = limit
-        self.retry_after = retry_after
         super().__init__(
+            limit,
+            retry_after,
             f"the server has {limit} streams open, its limit; retry in {retry_after} s "
-            "(the limit is JOBCAST_MAX_STREAMS)"
+            "(the limit is JOBCAST_MAX_STREAMS)",
         )
 
 
 class Unauthorized(JobcastError):
     """Raised when a request that needs the access token came without a valid one."""
+
+    status_code = 401
 
     def __init__(self, *, reads: bool) -> None:
         self.reads = reads
@@ -146,9 +190,15 @@ class Unauthorized(JobcastError):
         )
         super().__init__(f"this server needs an access token: {where}")
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="jobcast"'}
+
 
 class CrossOrigin(JobcastError):
     """Raised when a browser on another site sends a request that would change something."""
+
+    status_code = 403
 
     def __init__(self, origin: str) -> None:
         self.origin = origin
@@ -160,6 +210,8 @@ class CrossOrigin(JobcastError):
 
 class NotAccepting(JobcastError):
     """Raised when a job is submitted while the service is starting or shutting down."""
+
+    status_code = 503
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -207,6 +259,7 @@ class StoreError(JobcastError):
 class StoreUnavailable(JobcastError):
     """Raised when a job is started while the store cannot write (a full disk, say)."""
 
+    status_code = 503
     retry_after = 5
 
     def __init__(self, problem: StoreError) -> None:
@@ -220,6 +273,7 @@ class StoreUnavailable(JobcastError):
 class BackendUnavailable(JobcastError):
     """Raised when Redis, which a scaled-out deployment keeps its jobs in, cannot be reached."""
 
+    status_code = 503
     retry_after = 2
 
     def __init__(self, url: str, problem: str) -> None:

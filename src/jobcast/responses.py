@@ -1,7 +1,7 @@
 """The JSON answers of jobcast's routes: encoded by the one encoder, so always encodable.
 
-Errors become answers here too: a domain error with its status and a message that says what
-to do, and a 422 whose details echo the client's input only as far as it is safe and short.
+Errors become answers here too: a domain error as it says itself (its status, headers and
+body), and a 422 whose details echo the client's input only as far as it is safe and short.
 """
 
 from __future__ import annotations
@@ -14,22 +14,7 @@ from starlette.responses import JSONResponse
 
 from ._wire import describe
 from .events import encode_json_bytes
-from .exceptions import (
-    BackendUnavailable,
-    CrossOrigin,
-    DuplicateJob,
-    JobcastError,
-    JobFinished,
-    NotAccepting,
-    QueueFull,
-    RateLimited,
-    StoreUnavailable,
-    StreamsFull,
-    TooManyStreams,
-    Unauthorized,
-    UnknownJob,
-    UnknownTask,
-)
+from .exceptions import JobcastError
 
 __all__ = ["SafeJSONResponse", "error_response", "validation_response"]
 
@@ -46,35 +31,9 @@ class SafeJSONResponse(JSONResponse):
         return encode_json_bytes(content)
 
 
-_STATUS: dict[type[JobcastError], int] = {
-    Unauthorized: 401,
-    CrossOrigin: 403,
-    UnknownTask: 404,
-    UnknownJob: 404,
-    JobFinished: 409,
-    DuplicateJob: 409,
-    QueueFull: 429,
-    RateLimited: 429,
-    TooManyStreams: 429,
-    NotAccepting: 503,
-    BackendUnavailable: 503,
-    StoreUnavailable: 503,
-    StreamsFull: 503,
-}
-
-
 def error_response(exc: JobcastError) -> SafeJSONResponse:
-    """The HTTP answer for a domain error: its status, and a message that says what to do."""
-    status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-    headers: dict[str, str] = {}
-    if exc.retry_after is not None:
-        headers["Retry-After"] = str(exc.retry_after)
-    if isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = 'Bearer realm="jobcast"'
-    body: dict[str, Any] = {"detail": str(exc)}
-    if isinstance(exc, DuplicateJob):
-        body["job"] = exc.snapshot
-    return SafeJSONResponse(body, status_code=status, headers=headers)
+    """The HTTP answer for a domain error, as the error itself says it."""
+    return SafeJSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 def validation_response(errors: Sequence[Any]) -> SafeJSONResponse:
