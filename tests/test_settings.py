@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import pytest
 
-from jobcast import Settings
+from jobcast import Settings, SettingsError
 from jobcast.exceptions import BackendUnavailable
 from jobcast.settings import without_password
 
@@ -155,3 +156,23 @@ def test_a_redis_password_is_never_shown(url: str, shown: str) -> None:
     assert shown in repr(Settings(redis_url=url))
     error = BackendUnavailable(url, "connection refused")
     assert shown in str(error) and error.url == shown
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"max_workers": 2.5}, "max_workers must be a whole number, got 2.5"),
+        ({"max_workers": True}, "max_workers must be a whole number, got True"),
+        ({"grace_period": "5"}, "grace_period must be a number, got '5'"),
+        ({"stream_send_timeout": "30"}, "stream_send_timeout must be a number"),
+        ({"protect_reads": 1}, "protect_reads must be True or False"),
+        ({"redis_url": "http://x"}, "redis_url must be a Redis URL"),
+        ({"redis_url": "redis://u:secret@host"}, None),
+    ],
+)
+def test_settings_are_checked_by_their_type(options: dict[str, object], says: str | None) -> None:
+    if says is None:
+        assert Settings(**options).redis_url == options["redis_url"]  # type: ignore[arg-type]
+        return
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        Settings(**options)  # type: ignore[arg-type]

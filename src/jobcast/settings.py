@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import logging
 import math
 import os
 import re
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,15 +55,15 @@ def _parse_optional_str(raw: str) -> str | None:
     return raw.strip() or None
 
 
-# Field types as written (annotations are strings here) to the parser of an environment value.
-_CONVERTERS: dict[str, Callable[[str], Any]] = {
-    "int": int,
-    "float": float,
-    "str": str,
-    "bool": _parse_bool,
-    "tuple[str, ...]": _parse_list,
-    "float | None": _parse_optional_float,
-    "str | None": _parse_optional_str,
+# Field types to the parser of an environment value.
+_CONVERTERS: dict[Any, Callable[[str], Any]] = {
+    int: int,
+    float: float,
+    str: str,
+    bool: _parse_bool,
+    tuple[str, ...]: _parse_list,
+    float | None: _parse_optional_float,
+    str | None: _parse_optional_str,
 }
 
 #: What to give for a text setting left empty.
@@ -143,27 +145,37 @@ class Settings:
     """Seconds a worker may stay silent before it counts as dead and its jobs are taken back."""
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            kind = str(field.type)
-            if kind == "tuple[str, ...]":
-                object.__setattr__(self, field.name, _as_tuple(field.name, value))
-            elif kind == "str":
-                if not value or not isinstance(value, str):
-                    raise SettingsError(f"{field.name} must not be empty; {_WHAT[field.name]}")
-            elif kind == "bool":
-                if not isinstance(value, bool):
-                    raise SettingsError(f"{field.name} must be True or False, got {value!r}")
-            elif value is None and kind.endswith("| None"):
+        for name, kind in _types().items():
+            value = getattr(self, name)
+            optional = type(None) in typing.get_args(kind)
+            if value is None and optional:
                 continue
-            elif kind == "str | None":
-                if not isinstance(value, str) or not _REDIS_URL.match(value):
-                    raise SettingsError(
-                        f"{field.name} must be a Redis URL such as redis://localhost:6379/0 "
-                        f"(or rediss://, unix://), got {value!r}"
-                    )
+            base = (
+                next(arg for arg in typing.get_args(kind) if arg is not type(None))
+                if optional
+                else kind
+            )
+            if base == tuple[str, ...]:
+                object.__setattr__(self, name, _as_tuple(name, value))
+            elif base is bool:
+                if not isinstance(value, bool):
+                    raise SettingsError(f"{name} must be True or False, got {value!r}")
+            elif base is str:
+                if not value or not isinstance(value, str):
+                    raise SettingsError(f"{name} must not be empty; {_WHAT[name]}")
+            elif isinstance(value, bool) or not isinstance(
+                value, int if base is int else int | float
+            ):
+                raise SettingsError(
+                    f"{name} must be {'a whole' if base is int else 'a'} number, got {value!r}"
+                )
             elif not value > 0 or value == math.inf:  # also refuses NaN
-                raise SettingsError(f"{field.name} must be positive and finite, got {value!r}")
+                raise SettingsError(f"{name} must be positive and finite, got {value!r}")
+        if self.redis_url is not None and not _REDIS_URL.match(self.redis_url):
+            raise SettingsError(
+                "redis_url must be a Redis URL such as redis://localhost:6379/0 "
+                f"(or rediss://, unix://), got {without_password(self.redis_url)!r}"
+            )
         self._check_tokens()
         self._check_origins()
 
@@ -216,27 +228,37 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
         """Settings from ``overrides``, then ``JOBCAST_<NAME>`` variables, then defaults."""
         environ = os.environ if environ is None else environ
-        names = {field.name: field for field in dataclasses.fields(cls)}
+        names = [field.name for field in dataclasses.fields(cls)]
         unknown = set(overrides) - set(names)
         if unknown:
             raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {}
-        for name, field in names.items():
+        for name in names:
             if name in overrides:
                 values[name] = overrides[name]
                 continue
             key = f"JOBCAST_{name.upper()}"
             if key in environ:
-                convert = _CONVERTERS[str(field.type)]
+                kind = _types()[name]
                 try:
-                    values[name] = convert(environ[key])
+                    values[name] = _CONVERTERS[kind](environ[key])
                 except ValueError:
                     shown = "(hidden)" if name in _SECRET else repr(environ[key])
                     raise SettingsError(
-                        f"{key}={shown} is not a valid {field.type}; fix or unset it"
+                        f"{key}={shown} is not a valid {_type_name(kind)}; fix or unset it"
                     ) from None
         _warn_of_strangers(environ, names)
         return cls(**values)
+
+
+@functools.cache
+def _types() -> dict[str, Any]:
+    """Each setting's type, resolved from its annotation."""
+    return typing.get_type_hints(Settings)
+
+
+def _type_name(kind: Any) -> str:
+    return kind.__name__ if isinstance(kind, type) else str(kind)
 
 
 #: ``JOBCAST_*`` variables that are not settings but are jobcast's all the same.
