@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install run test lint typecheck check screenshot clean
+.PHONY: help install run test test-unit lint typecheck check screenshot clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,9 +24,12 @@ install: $(STAMP) ## create .venv and install jobcast with its dev tools
 run: $(STAMP) ## serve the demo on http://127.0.0.1:8000
 	$(BIN)/jobcast serve
 
-test: $(STAMP) ## run the test suite (installs what the tests need)
+test: $(STAMP) ## run the whole test suite (installs what the tests need)
 	@scripts/system-deps chromium redis-server
 	$(BIN)/python -m pytest
+
+test-unit: $(STAMP) ## run the unit tier only: seconds, and nothing to install
+	$(BIN)/python -m pytest -m unit
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check src tests bench scripts

@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 import uvicorn
+from playwright.sync_api import Browser, sync_playwright
 
 from jobcast import Job, JobCast
 from tests.apps import GATES, make_jobs
@@ -23,6 +24,62 @@ from tests.apps import GATES, make_jobs
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# -- tiers -------------------------------------------------------------------------------------
+
+#: Fixtures that make a test of a tier: what it starts (a server, a process, a browser, Redis).
+TIER_FIXTURES = {
+    "api": "integration",  # the whole service, in process
+    "serve": "integration",
+    "spawn": "integration",
+    "demo_server": "integration",
+    "browser": "browser",
+    "page": "browser",
+    "redis_server": "redis",
+    "cluster": "redis",
+}
+TIERS = ("integration", "redis", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its tier: by the fixtures it uses, or its module's own marker;
+    a test of no other tier is a unit test. Browser and Redis tests are integration tests."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        tiers = {TIER_FIXTURES[name] for name in fixtures if name in TIER_FIXTURES}
+        tiers |= {tier for tier in TIERS if item.get_closest_marker(tier) is not None}
+        if tiers & {"redis", "browser"}:
+            tiers.add("integration")
+        for tier in sorted(tiers) or ["unit"]:
+            item.add_marker(tier)
+
+
+# -- a real browser ----------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright; missing, the test fails saying so."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"the browser tests need Debian's chromium at {CHROMIUM}; `make test` installs it"
+        )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from bench.config import CLUSTER_NAME, SINGLE_NAME, Sizes
 from bench.report import COLUMNS, Results, rows, table, write_json
 from bench.run import run_scenarios
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # child processes, servers
 
 TINY = Sizes(
     fanout_subscribers=5,
@@ -76,7 +76,6 @@ async def test_fanout_runs_the_ladder_and_the_big_point_on_every_server() -> Non
         assert only.expected_each == round(point.rate * seconds)
         assert only.deliveries == point.subscribers * only.expected_each
         assert 0 < point.p50_ms <= point.p99_ms <= point.max_ms < 5000
-        assert only.server_cpu_s >= 0 and only.client_cpu_s >= 0  # clock ticks: 10 ms
     capacities = {name: results.capacity(name) for name in STREAM_SERVERS}
     assert all(capacity in (None, *TINY.fanout_rates) for capacity in capacities.values())
     assert any(row.measure.startswith("capacity") for row in rows(results))
@@ -97,7 +96,6 @@ async def test_storm_counts_lost_and_duplicated_events() -> None:
     for result in results.storm:
         assert result.reconnected == result.clients == TINY.storm_clients
         assert result.ticks == round(TINY.storm_rate * TINY.storm_seconds)
-        assert result.lost >= 0 and result.duplicated >= 0
         assert result.complete == result.clients  # each got the last tick
     jobcast = results.storm[0]
     # jobcast resumes from Last-Event-ID: anything but 0 and 0 would be the count being wrong.
@@ -136,8 +134,10 @@ async def test_push_times_sse_against_polling() -> None:
         assert 0 <= result.p50_ms <= result.p99_ms <= result.max_ms
 
 
-@pytest.mark.skipif(redis_server() is None, reason="needs redis-server (make test installs it)")
+@pytest.mark.redis
 async def test_cluster_fans_out_through_redis_and_keeps_the_other_figures(tmp_path: Path) -> None:
+    if redis_server() is None:
+        pytest.fail("the cluster bench needs redis-server; `make test` installs it")
     results = await run("cluster")
     cluster, single = results.cluster
     assert (cluster.server, single.server) == (CLUSTER_NAME, SINGLE_NAME)

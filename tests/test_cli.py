@@ -49,6 +49,7 @@ def serve_once(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration  # jobcast serve, as a process
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
@@ -79,6 +80,7 @@ def test_a_variable_that_is_no_setting_is_named_with_the_closest_one(
     assert "JOBCAST_NOT_A_THING is not a jobcast setting" in output
 
 
+@pytest.mark.integration  # jobcast serve, as a process
 def test_serving_on_every_address_says_which_hosts_are_allowed_and_how_to_add_one() -> None:
     port = free_port()
     command = [sys.executable, "-m", "jobcast", "serve", "--host", "0.0.0.0", "--port", str(port)]

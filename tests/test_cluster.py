@@ -24,7 +24,7 @@ from tests.conftest import free_port, wait_until
 from tests.redis_server import REDIS_SERVER, RedisServer
 from tests.sse import Frame, Stream, open_stream
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # child processes, servers
 
 ROOT = Path(__file__).parents[1]
 TARGET = "tests.apps:served"
@@ -232,6 +232,16 @@ async def until(check: Callable[[], Awaitable[bool]], seconds: float = 5) -> Non
     with anyio.fail_after(seconds):
         while not await check():  # noqa: ASYNC110 - another process's answer: nothing to await
             await anyio.sleep(0.02)
+
+
+async def lasting(seconds: float) -> None:
+    """Let a fault the test made (an outage, a stall) last ``seconds``."""
+    await anyio.sleep(seconds)
+
+
+async def absence_window(seconds: float) -> None:
+    """A bounded window over which the test then asserts that something did not happen."""
+    await anyio.sleep(seconds)
 
 
 async def snapshot(stream: Stream) -> Frame:
@@ -665,12 +675,13 @@ async def test_a_redis_outage_longer_than_the_heartbeat_timeout_leaves_running_j
         await events.wait(is_(running["id"], "log"))
 
         cluster.redis.stop()
-        await anyio.sleep(2 * HEARTBEAT)  # the outage, longer than the heartbeat timeout
+        await lasting(2 * HEARTBEAT)  # the outage, longer than the heartbeat timeout
         cluster.redis.start()
-        await anyio.sleep(2 * HEARTBEAT)  # time for a reaper to act, if it would
+        await absence_window(2 * HEARTBEAT)  # a reaper that would take the job acts in it
         gate.touch()
         ended = await events.wait(is_(running["id"], *TERMINAL))
 
+    # Nothing took the job back in the window: it ran to its end on its worker.
     assert ended.event == "succeeded", ended.data["job"]["error"]
 
 
@@ -831,7 +842,7 @@ async def test_resuming_on_a_process_that_lags_behind_continues_instead_of_reset
         try:
             # B stalls for longer than its reads of the event stream wait (1 s): it is behind
             # once it goes on.
-            await anyio.sleep(1.5)
+            await lasting(1.5)
             seen = await start_job(client, a, "count", n=1)
             last_id = (await events.wait(is_(seen["id"], "queued"))).id
             async with await anyio.connect_tcp("127.0.0.1", b.port) as sock:
@@ -858,7 +869,7 @@ async def test_a_job_just_started_elsewhere_is_found_on_a_process_that_lags_behi
     try:
         # B stalls for longer than its reads of the event stream wait (1 s): it is behind
         # once it goes on, and is asked about a job it has not read yet.
-        await anyio.sleep(1.5)
+        await lasting(1.5)
         started = await start_job(client, a, "count", n=1)
         async with await anyio.connect_tcp("127.0.0.1", b.port) as sock:
             request = f"GET /api/jobs/{started['id']} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"

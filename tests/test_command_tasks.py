@@ -11,7 +11,7 @@ import pytest
 from jobcast import JobState
 from tests.conftest import Process, log_lines, wait_job, wait_until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # child processes, servers
 
 Start = Callable[..., Any]
 

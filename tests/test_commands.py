@@ -27,6 +27,8 @@ from jobcast.commands import (
 )
 from tests.conftest import wait_until
 
+pytestmark = pytest.mark.integration  # real programs and servers
+
 
 def python(code: str, *args: str) -> list[str]:
     """The argv of a child Python program (always there, unlike most batch programs)."""

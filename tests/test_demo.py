@@ -11,7 +11,7 @@ from jobcast import JobState
 from jobcast.demo import app, jobs
 from tests.conftest import wait_job
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # the demo service, in process
 
 
 @pytest.fixture
@@ -102,6 +102,7 @@ async def test_demo_params_are_bounded(demo: httpx.AsyncClient) -> None:
         assert response.status_code == 422, (task, response.text)
 
 
+@pytest.mark.integration  # a worker process
 async def test_crunch_runs_in_a_worker_process(demo: httpx.AsyncClient) -> None:
     created = (await demo.post("/api/tasks/crunch/jobs", json={"seconds": 0.2})).json()
     job = await wait_job(jobs, created["id"], seconds=20)

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import Process, wait_until
 from tests.sse import open_stream
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # child processes, servers
 
 
 def stalled_client(port: int, path: str = "/api/events") -> socket.socket:

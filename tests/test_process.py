@@ -10,7 +10,7 @@ import pytest
 from jobcast import JobState
 from tests.conftest import log_lines, wait_job
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # child processes, servers
 
 Start = Callable[..., Any]
 

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import Process, free_port, wait_until
 from tests.sse import Frame, open_stream
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # child processes, servers
 
 
 def committed_seq(path: Path) -> int:

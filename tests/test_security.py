@@ -20,12 +20,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from jobcast import JobCast, Settings
 from tests.apps import make_jobs
 from tests.conftest import Process, Server, wait_job, wait_until
 from tests.sse import open_stream
+
+pytestmark = pytest.mark.integration  # the whole service, in process and on real servers
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 OTHER = "another-token-for-tests-987654321"
@@ -670,20 +672,6 @@ def connection_from(client_port: int, *, to: int) -> str | None:
 
 
 # -- the page ----------------------------------------------------------------------------------
-
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"the page tests need Debian's chromium at {CHROMIUM}; `make test` installs it")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
-        yield browser
-        browser.close()
 
 
 def test_the_page_asks_for_the_token_then_works_without_it_in_any_url(

@@ -14,7 +14,7 @@ from tests.apps import make_jobs
 from tests.conftest import Process, wait_job
 from tests.sse import open_stream
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # child processes, servers
 
 
 async def test_shutdown_records_running_and_queued_jobs_as_interrupted() -> None:

@@ -23,6 +23,8 @@ from tests.apps import make_jobs
 from tests.conftest import Server, free_port, wait_until
 from tests.sse import open_stream
 
+pytestmark = pytest.mark.integration  # real programs and servers
+
 TOKEN = "s3cret-token-for-tests-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 ORIGIN = "https://dashboard.example"

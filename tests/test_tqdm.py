@@ -13,7 +13,7 @@ from jobcast import JobState
 from tests.apps import gate
 from tests.conftest import wait_job
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # child processes, servers
 
 Start = Callable[..., Any]
 
