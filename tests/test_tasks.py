@@ -7,6 +7,7 @@ import pytest
 from pydantic import Field, ValidationError
 
 from jobcast import JobcastError, JobContext, UnknownTask
+from jobcast.executors import ThreadExecutor
 from jobcast.tasks import Task, TaskRegistry
 
 
@@ -226,7 +227,7 @@ def test_registering_a_name_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="'resize' is already registered"):
         registry.register(crunch, name="resize")
 
-    assert registry.get("resize").func is resize
+    assert registry.get("resize").executor == ThreadExecutor(resize)
 
 
 @pytest.mark.parametrize("name", ["has space", "a/b", "9lives", "dot.ted", "../etc"])

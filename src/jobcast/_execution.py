@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,10 +19,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import _tqdm
-from ._process import run_in_process
-from ._threads import run_in_daemon_thread
 from ._wire import NotJson, check_json, describe, finite
-from .commands import build_argv, run_command
 from .context import JobContext
 from .events import encode_json_bytes
 from .exceptions import JobCancelled, TaskError
@@ -209,7 +205,7 @@ class Execution:
         task, ctx = run.task, run.ctx
         try:
             with anyio.move_on_after(task.timeout) as deadline:
-                result = await self._call(task, ctx, run.job.params)
+                result = await task.executor.run(ctx, run.job.params, self.settings)
         except JobCancelled:
             return self._stopped(run)
         except TaskError as exc:
@@ -265,36 +261,6 @@ class Execution:
             first,
             job.id,
         )
-
-    async def _call(self, task: Task, ctx: JobContext, params: dict[str, Any]) -> Any:
-        kill_grace = self.settings.kill_grace
-        if task.command is not None:
-            command = task.command
-            return await run_command(
-                build_argv(command.argv, params),
-                ctx,
-                kill_grace=kill_grace,
-                cwd=command.cwd,
-                # Python programs buffer a pipe's output; their lines should arrive live.
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **command.env},
-                success_codes=command.success_codes,
-                max_line=self.settings.max_log_line,
-            )
-        if task.mode == "process":
-            return await run_in_process(
-                task.func,
-                ctx,
-                params,
-                nice=task.nice,
-                kill_grace=kill_grace,
-                interval=self.settings.progress_interval / 2,
-            )
-
-        def call() -> Any:
-            with _tqdm.bound(ctx):
-                return task.func(ctx, **params)
-
-        return await run_in_daemon_thread(call, name=f"jobcast-{task.name}-{ctx.job_id[:8]}")
 
     def _stopped(self, run: Run) -> Outcome:
         if run.stopping:

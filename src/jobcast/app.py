@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,7 @@ from .service import Service
 from .settings import Settings
 from .store import MemoryStore, ReportsWrites, SqliteStore, Store
 from .stream import wait_for_exit_signal
-from .tasks import Duplicates, TaskOptions, TaskRegistry
+from .tasks import CommandOptions, FunctionOptions, TaskRegistry
 
 __all__ = ["JobCast"]
 
@@ -88,14 +88,16 @@ class JobCast:
     def task(self, func: F) -> F: ...
 
     @overload
-    def task(self, **options: Unpack[TaskOptions]) -> Callable[[F], F]: ...
+    def task(self, **options: Unpack[FunctionOptions]) -> Callable[[F], F]: ...
 
-    def task(self, func: Callable[..., Any] | None = None, **options: Unpack[TaskOptions]) -> Any:
+    def task(
+        self, func: Callable[..., Any] | None = None, **options: Unpack[FunctionOptions]
+    ) -> Any:
         """Register a function as a task; use as ``@jobs.task`` or ``@jobs.task(...)``.
 
         The function takes a :class:`~jobcast.JobContext` first; its other parameters are the
         job's params, validated by pydantic from their annotations. The options are those of
-        :class:`~jobcast.tasks.TaskOptions`: ``mode="process"`` runs the task in a worker
+        :class:`~jobcast.tasks.FunctionOptions`: ``mode="process"`` runs the task in a worker
         process at ``nice`` lower CPU priority (for CPU-bound work, which would otherwise hold
         the GIL and slow the API); ``duplicates`` says what starting a job does while one with
         equal params is queued or running: ``"allow"`` another, ``"reject"`` it (409 naming
@@ -110,21 +112,7 @@ class JobCast:
 
         return register if func is None else register(func)
 
-    def command(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        params: Mapping[str, Any] | None = None,
-        description: str = "",
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        success_codes: Collection[int] = (0,),
-        max_concurrency: int | None = None,
-        timeout: float | None = None,
-        duplicates: Duplicates = "allow",
-        retry_on_restart: bool = False,
-    ) -> None:
+    def command(self, name: str, argv: Sequence[str], **options: Unpack[CommandOptions]) -> None:
         """Register an existing program as a task.
 
         ``argv`` is a list, never a shell string; ``{param}`` placeholders in its items are
@@ -134,19 +122,7 @@ class JobCast:
         events, and ``NN%``, ``n/total`` or a tqdm bar in them its progress; the exit code
         decides success, and a failure carries the last lines of stderr.
         """
-        self.tasks.register_command(
-            name,
-            argv,
-            params=params or {},
-            description=description,
-            cwd=cwd,
-            env=env,
-            success_codes=success_codes,
-            max_concurrency=max_concurrency,
-            timeout=timeout,
-            duplicates=duplicates,
-            retry_on_restart=retry_on_restart,
-        )
+        self.tasks.register_command(name, argv, **options)
 
     @property
     def runner(self) -> Service:

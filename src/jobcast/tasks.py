@@ -7,7 +7,7 @@ import typing
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import UnionType
-from typing import Annotated, Any, Literal, TypedDict, Union
+from typing import Annotated, Any, Literal, TypedDict, Union, Unpack
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, create_model
 from pydantic_core import PydanticCustomError
@@ -16,8 +16,18 @@ from ._limits import check_params
 from ._wire import safe_text
 from .commands import check_template
 from .exceptions import UnknownTask
+from .executors import CommandExecutor, Executor, ProcessExecutor, ThreadExecutor
 
-__all__ = ["Command", "Duplicates", "Mode", "Task", "TaskOptions", "TaskRegistry", "params_model"]
+__all__ = [
+    "CommandOptions",
+    "Duplicates",
+    "FunctionOptions",
+    "Mode",
+    "Task",
+    "TaskOptions",
+    "TaskRegistry",
+    "params_model",
+]
 
 Mode = Literal["thread", "process"]
 MODES: tuple[str, ...] = typing.get_args(Mode)  # what a function task may ask for
@@ -28,43 +38,50 @@ DUPLICATES: tuple[str, ...] = typing.get_args(Duplicates)
 
 
 class TaskOptions(TypedDict, total=False):
-    """The options of ``@jobs.task(...)``; each has the default of :class:`Task`."""
+    """What every task declares, function or command; each has the default of :class:`Task`."""
 
-    name: str
     description: str
-    mode: Mode
     max_concurrency: int | None
     timeout: float | None
-    nice: int
     duplicates: Duplicates
     retry_on_restart: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    """What a command task runs: an argv template, and where and how to run it."""
+class FunctionOptions(TaskOptions, total=False):
+    """The options of ``@jobs.task(...)``: the shared ones, and how the function runs."""
 
-    argv: tuple[str, ...]
+    name: str
+    mode: Mode
+    nice: int
+
+
+class CommandOptions(TaskOptions, total=False):
+    """The options of ``jobs.command(...)``: the shared ones, and the program's params and
+    surroundings."""
+
+    params: Mapping[str, Any]
     cwd: str | None
-    env: dict[str, str]
-    success_codes: frozenset[int]
+    env: Mapping[str, str] | None
+    success_codes: Collection[int]
 
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """A registered task: what to run, how, and which params it accepts."""
+    """A registered task: what runs it (its executor), and which params it accepts."""
 
     name: str
-    func: Callable[..., Any]
+    executor: Executor
     params_model: type[BaseModel]
     description: str = ""
-    mode: Literal["thread", "process", "command"] = "thread"
     max_concurrency: int | None = None
     timeout: float | None = None
-    nice: int = 10  # added to a process-mode worker's CPU niceness
     duplicates: Duplicates = "allow"
     retry_on_restart: bool = False  # run again, rather than end interrupted, after a restart
-    command: Command | None = None
+
+    @property
+    def mode(self) -> str:
+        """How its jobs run: ``thread``, ``process`` or ``command``."""
+        return self.executor.mode
 
     def info(self) -> dict[str, Any]:
         """The task as ``GET /api/tasks`` lists it."""
@@ -159,10 +176,6 @@ def _model(name: str, fields: dict[str, Any]) -> type[BaseModel]:
     return model
 
 
-def _never_called(*args: Any, **kwargs: Any) -> Any:
-    raise AssertionError("a command task runs its program, not a function")
-
-
 def _describe(func: Callable[..., Any]) -> str:
     doc = inspect.getdoc(func) or ""
     return doc.split("\n\n", 1)[0].replace("\n", " ").strip()
@@ -179,12 +192,12 @@ class TaskRegistry:
         func: Callable[..., Any],
         *,
         name: str | None = None,
-        description: str | None = None,
         mode: Mode = "thread",
         nice: int = 10,
-        **options: Any,
+        **options: Unpack[TaskOptions],
     ) -> Task:
-        """Register a function; ``options`` are the :class:`Task` fields all tasks share."""
+        """Register a function as a task run in a thread, or a worker process; its
+        description is the first paragraph of its docstring unless given."""
         name = name or func.__name__
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -198,15 +211,12 @@ class TaskRegistry:
         if inspect.iscoroutinefunction(func):
             raise TypeError(f"task {name!r} must be a plain function, not a coroutine function")
         self._check_name(name)
-        task = Task(
-            name=name,
-            func=func,
-            params_model=params_model(func, name),
-            description=_describe(func) if description is None else description,
-            mode=mode,
-            nice=nice,
-            **options,
+        executor: Executor = (
+            ProcessExecutor(func, nice) if mode == "process" else ThreadExecutor(func)
         )
+        if "description" not in options:
+            options["description"] = _describe(func)
+        task = Task(name=name, executor=executor, params_model=params_model(func, name), **options)
         return self._add(task)
 
     def register_command(
@@ -214,35 +224,27 @@ class TaskRegistry:
         name: str,
         argv: Sequence[str],
         *,
-        params: Mapping[str, Any],
-        description: str = "",
+        params: Mapping[str, Any] | None = None,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         success_codes: Collection[int] = (0,),
-        **options: Any,
+        **options: Unpack[TaskOptions],
     ) -> Task:
         """Register a command task: ``argv`` with ``{param}`` placeholders, never a shell.
 
         ``params`` maps each param to a type (required) or a ``(type, default)`` pair; types
         may be ``Annotated`` with pydantic ``Field`` bounds or patterns.
         """
+        params = params or {}
         self._check_name(name)
         check_template(argv, list(params))
         fields = {
             key: spec if isinstance(spec, tuple) else (spec, ...) for key, spec in params.items()
         }
-        command = Command(
+        executor = CommandExecutor(
             tuple(argv), cwd, dict(env or {}), frozenset(success_codes) or frozenset({0})
         )
-        task = Task(
-            name=name,
-            func=_never_called,
-            params_model=_model(name, fields),
-            description=description,
-            mode="command",
-            command=command,
-            **options,
-        )
+        task = Task(name=name, executor=executor, params_model=_model(name, fields), **options)
         return self._add(task)
 
     def _check_name(self, name: str) -> None:
