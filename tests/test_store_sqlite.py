@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -100,25 +101,29 @@ async def test_a_new_file_starts_at_1_in_wal_mode_with_the_schema_version(
     ]
 
 
+def ago(seconds: float) -> float:
+    """A job timestamp ``seconds`` ago: to the microsecond, as jobcast keeps them."""
+    return round(time.time() - seconds, 6)
+
+
 async def test_jobs_and_events_come_back_exactly_after_a_reopen(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
-    now = time.time()
-    done = Job(task="resize", params={"folder": "in", "sizes": [1, 2]}, created_at=now - 60)
-    failed = Job(task="crunch", params={}, created_at=now - 50.25)
-    waiting = Job(task="resize", params={"folder": "later"}, created_at=now - 40.5)
+    done = Job(task="resize", params={"folder": "in", "sizes": [1, 2]}, created_at=ago(60))
+    failed = Job(task="crunch", params={}, created_at=ago(50.25))
+    waiting = Job(task="resize", params={"folder": "later"}, created_at=ago(40.5))
     store = SqliteStore(path)
     async with opened(store) as recovered:
         record = Recorder(store, recovered.next_seq)
         for job in (done, failed, waiting):
             record(job)
-        done.state, done.started_at = JobState.RUNNING, now - 30
+        done.state, done.started_at = JobState.RUNNING, ago(30)
         record(done)
         done.progress = Progress(3, 12.0, "img_003.png", rate=1.5, elapsed_s=2.0)
         record(done, "progress")
         record(done, "log", line="resized img_003.png ✓")
-        done.state, done.finished_at, done.result = JobState.SUCCEEDED, now - 20, {"count": 12}
+        done.state, done.finished_at, done.result = JobState.SUCCEEDED, ago(20), {"count": 12}
         record(done)
-        failed.state, failed.finished_at = JobState.FAILED, now - 10
+        failed.state, failed.finished_at = JobState.FAILED, ago(10)
         failed.error = JobError("ValueError", "kaput")
         record(failed)
 
@@ -428,3 +433,45 @@ async def test_the_memory_setting_keeps_nothing_on_disk_and_the_default_is_jobca
     async with make_jobs().lifespan():
         pass
     assert files_in(tmp_path) == ["jobcast.db", "jobcast.db.lock"]
+
+
+async def test_a_job_row_is_its_snapshot_and_rows_of_the_earlier_layout_are_still_read(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    store = SqliteStore(path)
+    job = Job(
+        task="resize", params={"folder": "in"}, state=JobState.RUNNING, created_at=time.time()
+    )
+    async with opened(store) as recovered:
+        record = Recorder(store, recovered.next_seq)
+        record(job)
+        await store.flush()
+    ((data,),) = query(path, "SELECT data FROM jobs")
+    assert json.loads(data)["snapshot"] == job.snapshot()  # the encoding clients see
+
+    # A row as the first version wrote it: the job's fields one by one.
+    old = {
+        "params": {"folder": "old"},
+        "started_at": ago(2),
+        "progress": {"current": 3, "total": 4, "message": "m", "rate": 1.5, "elapsed_s": 2.0},
+        "result": None,
+        "error": {"type": "Interrupted", "message": "gone"},
+    }
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO jobs VALUES ('old-job', 'resize', 'interrupted', ?, ?, 1, 2, ?)",
+        (ago(3), ago(1), json.dumps(old)),
+    )
+    conn.commit()
+    conn.close()
+    async with opened(SqliteStore(path)) as again:
+        restored = {job.id: job for job in again.jobs}
+    earlier = restored["old-job"]
+    assert (earlier.state, earlier.params, earlier.started_at) == (
+        JobState.INTERRUPTED,
+        {"folder": "old"},
+        old["started_at"],
+    )
+    assert earlier.progress is not None and earlier.progress.current == 3
+    assert restored[job.id].snapshot() == job.snapshot()

@@ -23,7 +23,7 @@ from ._wire import NotJson, check_json, describe, finite
 from .context import JobContext
 from .events import encode_json_bytes
 from .exceptions import JobCancelled, TaskError
-from .jobs import Job, JobError, JobState, ProgressMeter
+from .jobs import Job, JobError, JobState, ProgressMeter, now
 from .settings import Settings
 from .tasks import Task
 
@@ -347,7 +347,7 @@ def finish(job: Job, outcome: Outcome, *, at: float | None = None) -> None:
     job.state = outcome.state
     job.result = outcome.result
     job.error = outcome.error
-    job.finished_at = time.time() if at is None else at
+    job.finished_at = now() if at is None else at
 
 
 def requeue(job: Job) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from typing import Any
 from ._wire import describe
 from .exceptions import TaskError
 
-__all__ = ["TERMINAL_STATES", "Job", "JobError", "JobState", "Progress", "ProgressMeter"]
+__all__ = ["TERMINAL_STATES", "Job", "JobError", "JobState", "Progress", "ProgressMeter", "now"]
 
 
 class JobState(StrEnum):
@@ -138,6 +139,12 @@ class ProgressMeter:
             return done / spent if spent > 0 and done > 0 else None
         # The bias correction of both averages cancels out in the ratio.
         return self._dn / self._dt if self._dt > 0 else None
+
+
+def now() -> float:
+    """The time for a job's timestamps: the wall clock to the microsecond, which is what a
+    snapshot writes, so that a job read back from its snapshot has the very same times."""
+    return round(time.time(), 6)
 
 
 def _iso(ts: float | None) -> str | None:

@@ -8,7 +8,6 @@ and encodes them, and the streams read the log. Every state change goes through
 from __future__ import annotations
 
 import itertools
-import time
 from collections import deque
 from typing import Any, NamedTuple
 
@@ -27,7 +26,7 @@ from .exceptions import (
     StoreUnavailable,
     UnknownJob,
 )
-from .jobs import TERMINAL_STATES, Job, JobError, JobState
+from .jobs import TERMINAL_STATES, Job, JobError, JobState, now
 from .settings import Settings
 from .store import ReportsWrites, Store
 from .tasks import TaskRegistry
@@ -208,7 +207,7 @@ class Runner(JobTable):
                 raise DuplicateJob(twin.id, task.name, twin.shown or twin.snapshot())
         if len(self._queue) >= self.settings.max_queue:
             raise QueueFull(self.settings.max_queue, retry_after=5)
-        job = Job(task=task.name, params=values, created_at=time.time())
+        job = Job(task=task.name, params=values, created_at=now())
         self.jobs[job.id] = job
         self._publisher.state(job, JobState.QUEUED.value)
         seq = job.last_seq
@@ -352,7 +351,7 @@ class Runner(JobTable):
             if job is None:
                 return
             self._queue.remove(job)
-            job.state, job.started_at = JobState.RUNNING, time.time()
+            job.state, job.started_at = JobState.RUNNING, now()
             self._publisher.state(job, JobState.RUNNING.value)
             self._execution.start(job, self.registry.get(job.task))
 

@@ -32,7 +32,7 @@ from ..exceptions import (
     QueueFull,
     UnknownJob,
 )
-from ..jobs import Job, JobState
+from ..jobs import Job, JobState, now
 from ..runner import JobTable, Submitted
 from ..settings import Settings, without_password
 from ..tasks import TaskRegistry
@@ -112,7 +112,7 @@ class Hub(JobTable):
             raise NotAccepting("the server is shutting down")
         task = self.registry.get(task_name)
         values = task.validate(params)
-        job = Job(task=task.name, params=values, created_at=time.time())
+        job = Job(task=task.name, params=values, created_at=now())
         twin = self._keys.twin(task.name, values) if task.duplicates != "allow" else ""
         change = Change.of(
             job, JobState.QUEUED.value, create=True, enqueue=True, twin=twin, set_worker=""

@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 from .._execution import Execution, Outcome, Run, finish, requeue
 from ..events import encode_json
 from ..exceptions import BackendUnavailable
-from ..jobs import Job, JobError, JobState
+from ..jobs import Job, JobError, JobState, now
 from ..settings import Settings
 from ..tasks import TaskRegistry
 from ._redis import GROUP, Change, Refused, Scripts, connect
@@ -260,7 +260,7 @@ class Worker:
             ):
                 continue
             self._held.remove(job)
-            job.state, job.started_at = JobState.RUNNING, time.time()
+            job.state, job.started_at = JobState.RUNNING, now()
             change = Change.of(job, "running", expect_state="queued", set_worker=self.name)
             try:
                 await self._scripts.apply(change)

@@ -98,22 +98,19 @@ _LOG_EVERY = 60.0  # seconds between two log lines about the same streak of fail
 _RETRY_FIRST, _RETRY_MOST = 0.05, 2.0  # seconds before a failed write is tried again
 
 
-# What record() captures of a job, on the loop: its fields as they are at that event. Jobs
+# What record() captures of a job, on the loop, at each event about its state: its snapshot
+# (the one encoding of a job, as clients and Redis see it) and the columns beside it. Jobs
 # change on the loop while the writer runs, so the writer must not read the Job itself.
 _JobFields = tuple[
     str,  # id
     str,  # task
     str,  # state
     float,  # created_at
-    float | None,  # started_at
     float | None,  # finished_at
     int,  # first_seq
     int,  # last_seq
     float,  # updated_at
-    dict[str, Any],  # params
-    Progress | None,
-    Any,  # result
-    JobError | None,
+    dict[str, Any],  # the snapshot
 ]
 
 
@@ -130,7 +127,7 @@ class _Flush:
     stop: bool = False
 
 
-_Item = tuple[Event, _JobFields] | _Forget | _Flush
+_Item = tuple[Event, _JobFields | None] | _Forget | _Flush
 
 
 class SqliteStore:
@@ -233,26 +230,21 @@ class SqliteStore:
         inbox = self._inbox
         if inbox is None:
             raise RuntimeError(f"{self!r} is not open")
-        inbox.put(
-            (
-                event,
-                (
-                    job.id,
-                    job.task,
-                    job.state.value,
-                    job.created_at,
-                    job.started_at,
-                    job.finished_at,
-                    job.first_seq,
-                    job.last_seq,
-                    job.updated_at,
-                    job.params,
-                    job.progress,
-                    job.result,
-                    job.error,
-                ),
-            )
+        if event.name == "log":  # a line changes nothing of its job
+            inbox.put((event, None))
+            return
+        fields = (
+            job.id,
+            job.task,
+            job.state.value,
+            job.created_at,
+            job.finished_at,
+            job.first_seq,
+            job.last_seq,
+            job.updated_at,
+            job.snapshot(),
         )
+        inbox.put((event, fields))
 
     def forget(self, job_ids: list[str]) -> None:
         if job_ids and self._inbox is not None:
@@ -511,7 +503,8 @@ class SqliteStore:
                 events.append(
                     (event.seq, event.ts, event.name, event.job_id, event.task, event.frame)
                 )
-                jobs[fields[0]] = fields
+                if fields is not None:
+                    jobs[fields[0]] = fields
             elif isinstance(item, _Forget):
                 for job_id in item.job_ids:
                     jobs.pop(job_id, None)
@@ -631,43 +624,29 @@ def _settle_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[N
 
 
 def _job_row(fields: _JobFields) -> tuple[Any, ...]:
-    (job_id, task, state, created_at, started_at, finished_at, first_seq, last_seq) = fields[:8]
-    updated_at, params, progress, result, error = fields[8:]
-    data = {
-        "params": params,
-        "started_at": started_at,
-        "updated_at": updated_at,
-        "progress": None
-        if progress is None
-        else {
-            "current": progress.current,
-            "total": progress.total,
-            "message": progress.message,
-            "rate": progress.rate,
-            "elapsed_s": progress.elapsed_s,
-        },
-        "result": result,
-        "error": None if error is None else error.to_dict(),
-    }
-    return (job_id, task, state, created_at, finished_at, first_seq, last_seq, encode_json(data))
+    *columns, updated_at, snapshot = fields
+    return (*columns, encode_json({"snapshot": snapshot, "updated_at": updated_at}))
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:
     job_id, task, state, created_at, finished_at, first_seq, last_seq, data = row
     data = json.loads(data)
-    progress, error = data["progress"], data["error"]
-    return Job(
-        task=task,
-        params=data["params"],
-        id=job_id,
-        state=JobState(state),
-        progress=None if progress is None else Progress(**progress),
-        created_at=created_at,
-        started_at=data["started_at"],
-        finished_at=finished_at,
-        result=data["result"],
-        error=None if error is None else JobError(**error),
-        first_seq=first_seq,
-        last_seq=last_seq,
-        updated_at=data.get("updated_at") or 0.0,  # absent in files of older versions
-    )
+    if "snapshot" in data:
+        job = Job.from_snapshot(data["snapshot"])
+    else:  # a row an earlier version wrote: the job's fields one by one
+        progress, error = data["progress"], data["error"]
+        job = Job(
+            task=task,
+            params=data["params"],
+            id=job_id,
+            state=JobState(state),
+            progress=None if progress is None else Progress(**progress),
+            created_at=created_at,
+            started_at=data["started_at"],
+            finished_at=finished_at,
+            result=data["result"],
+            error=None if error is None else JobError(**error),
+        )
+    job.first_seq, job.last_seq = first_seq, last_seq
+    job.updated_at = data.get("updated_at") or 0.0
+    return job
