@@ -7,8 +7,8 @@ from typing import Any, Protocol
 from ._limits import StartRate
 from .eventlog import EventLog
 from .jobs import Job, JobState
-from .runner import Submitted
 from .settings import Settings
+from .table import Submitted
 from .tasks import TaskRegistry
 
 __all__ = ["Service"]

@@ -33,8 +33,8 @@ from ..exceptions import (
     UnknownJob,
 )
 from ..jobs import Job, JobState, now
-from ..runner import JobTable, Submitted
 from ..settings import Settings, without_password
+from ..table import JobTable, Submitted
 from ..tasks import TaskRegistry
 from ._redis import Change, Keys, Refused, Scripts, SharedRate, decode_event
 from .reaper import Reaper
