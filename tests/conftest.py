@@ -15,6 +15,7 @@ import anyio
 import httpx
 import pytest
 import uvicorn
+from asgi_lifespan import LifespanManager
 from playwright.sync_api import Browser, sync_playwright
 
 from jobcast import Job, JobCast
@@ -165,9 +166,8 @@ async def api() -> AsyncIterator[Callable[..., Any]]:
 
         async def start(**options: Any) -> tuple[JobCast, httpx.AsyncClient]:
             jobs = make_jobs(**options)
-            app = jobs.create_app()
-            await stack.enter_async_context(jobs.lifespan(app))
-            transport = httpx.ASGITransport(app=app)
+            running = await stack.enter_async_context(LifespanManager(jobs.create_app()))
+            transport = httpx.ASGITransport(app=running.app)
             client = httpx.AsyncClient(transport=transport, base_url="http://jobcast.localhost")
             await stack.enter_async_context(client)
             return jobs, client

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 
 from jobcast import JobCast, JobState
 from tests.apps import gate
@@ -361,8 +362,8 @@ async def test_the_router_mounts_into_an_existing_app_with_the_lifespan() -> Non
         return {"mine": True}
 
     app.include_router(jobs.router)
-    async with jobs.lifespan(app):
-        transport = httpx.ASGITransport(app=app)
+    async with LifespanManager(app) as running:
+        transport = httpx.ASGITransport(app=running.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://x.localhost") as client:
             assert (await client.get("/mine")).json() == {"mine": True}
             created = (await client.post("/api/tasks/double/jobs", json={"x": 21})).json()

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 
 from jobcast import JobState
 from jobcast.demo import app, jobs
@@ -16,8 +17,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # the demo service, i
 
 @pytest.fixture
 async def demo() -> AsyncIterator[httpx.AsyncClient]:
-    async with jobs.lifespan(app):
-        transport = httpx.ASGITransport(app=app)
+    async with LifespanManager(app) as running:
+        transport = httpx.ASGITransport(app=running.app)
         async with httpx.AsyncClient(
             transport=transport, base_url="http://demo.localhost"
         ) as client:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from playwright.sync_api import Browser, Page, expect
 
@@ -87,10 +88,10 @@ def serve(serve: Serve) -> Serve:
 async def service(app: Any = None, **options: Any) -> AsyncIterator[Service]:
     jobs = make_jobs(**options)
     app = app or build(jobs)
-    async with jobs.lifespan(app):
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+    async with LifespanManager(app) as running:
+        transport = httpx.ASGITransport(app=running.app, client=("127.0.0.1", 50000))
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
-            yield Service(jobs, app, client)
+            yield Service(jobs, running.app, client)
 
 
 def hold_job(name: str) -> dict[str, Any]:
@@ -258,8 +259,8 @@ async def test_the_router_mounted_into_another_app_keeps_the_token() -> None:
     jobs = make_jobs(token=TOKEN, protect_reads=True)
     app = FastAPI(lifespan=jobs.lifespan)
     app.include_router(jobs.router)
-    async with jobs.lifespan(app):
-        transport = httpx.ASGITransport(app=app)
+    async with LifespanManager(app) as running:
+        transport = httpx.ASGITransport(app=running.app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
             assert (await client.get("/healthz")).status_code == 200
             assert (await client.get("/api/jobs")).status_code == 401

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -248,15 +249,15 @@ async def test_an_unexpected_error_before_the_answer_is_a_500(
     monkeypatch.setattr(stream, "all_jobs_stream", broken)
     jobs = make_jobs()
     app = build(kind, jobs)
-    async with jobs.lifespan(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with LifespanManager(app) as running:
+        transport = httpx.ASGITransport(app=running.app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://t.localhost") as client:
             response = await client.get("/api/events")
             assert response.status_code == 500
             assert response.text == "Internal Server Error"
         # And the error still reaches the server, which logs it.
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://t.localhost"
+            transport=httpx.ASGITransport(app=running.app), base_url="http://t.localhost"
         ) as client:
             with pytest.raises(RuntimeError, match="a bug"):
                 await client.get("/api/events")

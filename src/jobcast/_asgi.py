@@ -17,7 +17,7 @@ from ._limits import StreamSlots
 from .exceptions import JobcastError
 from .policy import route_path
 from .responses import error_response
-from .service import Service
+from .service import service_of
 
 __all__ = ["StreamFastPath"]
 
@@ -54,14 +54,12 @@ class StreamFastPath:
         self,
         app: ASGIApp,
         *,
-        runner: Callable[[], Service],
         streams: StreamSlots,
         policy: Sequence[Middleware] = (),
         error_handler: Callable[[Request, Exception], Any] | None = None,
         debug: bool = False,
     ) -> None:
         self.app = app
-        self.runner = runner
         self.streams = streams
         self.error_handler = error_handler
         self.debug = debug
@@ -103,10 +101,11 @@ class StreamFastPath:
     async def _open(self, request: Request, job_id: str | None) -> Response:
         # What the routes of jobcast.api do, JobcastRoute's error answer included.
         try:
+            service = service_of(request.scope)
             if job_id is not None:
-                return await stream.job_stream(self.runner(), request, job_id, self.streams)
+                return await stream.job_stream(service, request, job_id, self.streams)
             task = request.query_params.get("task")
-            return stream.all_jobs_stream(self.runner(), request, task, self.streams)
+            return stream.all_jobs_stream(service, request, task, self.streams)
         except JobcastError as exc:
             return error_response(exc)
 

@@ -24,7 +24,7 @@ from .policy import Policy
 from .responses import SafeJSONResponse, error_response, validation_response
 from .schemas import DuplicateOut, ErrorOut, JobOut, TaskOut
 from .security import Guard
-from .service import Service
+from .service import Service, service_of
 from .settings import Settings
 from .tasks import Task
 
@@ -184,9 +184,7 @@ async def _submit(runner: Service, request: Request, task: str, params: object) 
     )
 
 
-def _typed_endpoint(
-    task: Task, runner: Callable[[], Service]
-) -> Callable[..., Coroutine[Any, Any, Response]]:
+def _typed_endpoint(task: Task) -> Callable[..., Coroutine[Any, Any, Response]]:
     """An endpoint whose body is ``task``'s params model, so /docs shows its form.
 
     The signature is built from real objects rather than annotation strings: FastAPI would
@@ -196,7 +194,7 @@ def _typed_endpoint(
 
     async def start_job(request: Request, params: Any = None) -> Response:
         values = params.model_dump() if params is not None else {}
-        return await _submit(runner(), request, task.name, values)
+        return await _submit(service_of(request.scope), request, task.name, values)
 
     default = Body(...) if required else Body(None)
     start_job.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -215,10 +213,9 @@ def _typed_endpoint(
     return start_job
 
 
-def build_router(
-    tasks: list[Task], runner: Callable[[], Service], *, settings: Settings, streams: StreamSlots
-) -> APIRouter:
-    """The HTTP API of one JobCast. ``runner()`` gives the running service's runner.
+def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots) -> APIRouter:
+    """The HTTP API of one JobCast; its routes find the running service in the lifespan's
+    state (:func:`~jobcast.service.service_of`).
 
     ``streams`` counts the open streams; the caller runs its watchdog.
     """
@@ -244,11 +241,11 @@ def build_router(
         tags=["service"],
         responses={503: {"description": "the store cannot write: `problem` says why"}},
     )
-    async def healthz() -> Response:
+    async def healthz(request: Request) -> Response:
         """Health: 200 while the service can take jobs, 503 naming the problem when it
         cannot (the database cannot be written, Redis is unreachable); never needs the
         token. Also says how many jobs run and wait, and with Redis how many workers live."""
-        current = runner()
+        current = service_of(request.scope)
         readings = await current.health()
         failing = "problem" in readings
         body = {
@@ -259,14 +256,14 @@ def build_router(
         return SafeJSONResponse(body, status_code=503 if failing else 200)
 
     @reads.get("/api/tasks", response_model=list[TaskOut], tags=["tasks"])
-    async def list_tasks() -> list[dict[str, Any]]:
+    async def list_tasks(request: Request) -> list[dict[str, Any]]:
         """The registered tasks, with the JSON Schema of their params."""
-        return [task.info() for task in runner().registry]
+        return [task.info() for task in service_of(request.scope).registry]
 
     for task in tasks:
         writes.add_api_route(
             f"/api/tasks/{task.name}/jobs",
-            _typed_endpoint(task, runner),
+            _typed_endpoint(task),
             methods=["POST"],
             status_code=202,
             response_model=JobOut,
@@ -291,16 +288,17 @@ def build_router(
 
         Answers 202 with the job and its `Location`.
         """
-        return await _submit(runner(), request, task, params or {})
+        return await _submit(service_of(request.scope), request, task, params or {})
 
     @reads.get("/api/jobs", response_model=list[JobOut], responses=_ERRORS, tags=["jobs"])
     async def list_jobs(
+        request: Request,
         state: JobState | None = None,
         task: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Response:
         """Jobs, newest first. A `task` that is not registered is a 404, as on the streams."""
-        current = runner()
+        current = service_of(request.scope)
         if task is not None:
             current.registry.get(task)  # 404 for a task that does not exist, as the streams do
         # Answered as they are: snapshots are JSON already, checked where their values came
@@ -309,9 +307,9 @@ def build_router(
         return SafeJSONResponse(current.newest(state=state, task=task, limit=limit))
 
     @reads.get("/api/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, tags=["jobs"])
-    async def get_job(job_id: str) -> Response:
+    async def get_job(request: Request, job_id: str) -> Response:
         """One job's snapshot."""
-        current = runner()
+        current = service_of(request.scope)
         job = await current.find(job_id)
         return SafeJSONResponse(current.shown(job.id))
 
@@ -322,9 +320,9 @@ def build_router(
         responses={**_ERRORS, 409: {"model": ErrorOut}},
         tags=["jobs"],
     )
-    async def cancel_job(job_id: str) -> Response:
+    async def cancel_job(request: Request, job_id: str) -> Response:
         """Cancel a queued job, or ask a running one to stop. 409 once it has finished."""
-        job = await runner().cancel(job_id)
+        job = await service_of(request.scope).cancel(job_id)
         return SafeJSONResponse(job.snapshot(), status_code=202)
 
     job_stream_responses: dict[int | str, dict[str, Any]] = {
@@ -342,13 +340,13 @@ def build_router(
     @reads.head("/api/jobs/{job_id}/events", include_in_schema=False)
     async def job_events(request: Request, job_id: str) -> Response:
         """SSE: the job's whole retained history, then live; ends after its terminal event."""
-        return await stream.job_stream(runner(), request, job_id, streams)
+        return await stream.job_stream(service_of(request.scope), request, job_id, streams)
 
     @reads.get("/api/events", responses={**_ERRORS, **_STREAM_ERRORS}, tags=["streams"])
     @reads.head("/api/events", include_in_schema=False)
     async def all_events(request: Request, task: str | None = None) -> Response:
         """SSE for every job: a `snapshot` first (or a replay after `Last-Event-ID`), then live."""
-        return stream.all_jobs_stream(runner(), request, task, streams)
+        return stream.all_jobs_stream(service_of(request.scope), request, task, streams)
 
     router.include_router(reads)
     router.include_router(writes)

@@ -6,32 +6,20 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, Unpack, overload
 
 import anyio
 from anyio.abc import TaskGroup
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
-from fastapi.staticfiles import StaticFiles
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Match
-from starlette.types import ASGIApp
 
-from . import __version__
-from ._asgi import StreamFastPath
+from . import factory
 from ._limits import StreamSlots
 from .api import build_router
 from .eventlog import EventLog
-from .exceptions import JobcastError, NotAccepting
-from .policy import Policy
-from .responses import error_response
+from .exceptions import NotAccepting
 from .runner import Runner
-from .security import RedactTokens
-from .service import Service
+from .service import STATE_KEY, Service
 from .settings import Settings
 from .store import MemoryStore, ReportsWrites, SqliteStore, Store
 from .stream import wait_for_exit_signal
@@ -74,7 +62,11 @@ class JobCast:
         return Settings.from_env(**self._options)
 
     @functools.cached_property
-    def _streams(self) -> StreamSlots:
+    def streams(self) -> StreamSlots:
+        """The open streams of this JobCast's routes, counted against its stream limits."""
+        return self._stream_slots()
+
+    def _stream_slots(self) -> StreamSlots:
         # Open streams are counted across restarts of the lifespan: each gives its slot
         # back when its response ends, whenever that is.
         settings = self.settings
@@ -126,7 +118,8 @@ class JobCast:
 
     @property
     def runner(self) -> Service:
-        """The running service: a :class:`~jobcast.runner.Runner`, or with Redis a
+        """The running service, for code of this process (routes take it from the lifespan's
+        state): a :class:`~jobcast.runner.Runner`, or with Redis a
         :class:`~jobcast.cluster.hub.Hub`; only there between startup and shutdown."""
         if self._runner is None:
             raise NotAccepting("the jobcast service is not running (lifespan not started)")
@@ -140,13 +133,17 @@ class JobCast:
         """
         if self._router is None:
             self._router = build_router(
-                list(self.tasks), lambda: self.runner, settings=self.settings, streams=self._streams
+                list(self.tasks), settings=self.settings, streams=self.streams
             )
         return self._router
 
     @asynccontextmanager
-    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
-        """Run the service: a FastAPI ``lifespan``, or ``async with jobs.lifespan():``."""
+    async def lifespan(self, app: object = None) -> AsyncIterator[dict[str, Any]]:
+        """Run the service: a FastAPI ``lifespan``, or ``async with jobs.lifespan():``.
+
+        It yields the lifespan's state, where jobcast's routes find the service
+        (``request.state``, :func:`~jobcast.service.service_of`).
+        """
         settings = self.settings
         # Opening (the store, Redis) happens before the task group, so that its errors
         # reach the server as themselves rather than inside an exception group.
@@ -154,11 +151,11 @@ class JobCast:
         async with open_service() as start, anyio.create_task_group() as task_group:
             service = start(task_group)
             task_group.start_soon(_keepalive, service.log, settings.keepalive_interval)
-            task_group.start_soon(self._streams.watch)
+            task_group.start_soon(self.streams.watch)
             task_group.start_soon(_stop_on_exit_signal, service)
             self._runner = service
             try:
-                yield
+                yield {STATE_KEY: service}
             finally:
                 self._runner = None
                 await service.shutdown()
@@ -214,132 +211,12 @@ class JobCast:
         For an app of one's own with :attr:`router` included at its root, where the page
         finds the API.
         """
-        static = _static_dir()
-        app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
-
-        @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
-        async def index() -> FileResponse:
-            return FileResponse(static / "index.html")
+        factory.add_page(app)
 
     def create_app(self, **fastapi_options: Any) -> FastAPI:
-        """A FastAPI app serving the API, the streams and the dashboard page.
-
-        With a token set, every route of the app follows the access policy (see
-        :mod:`jobcast.security`), routes added to it later included; the health check, the
-        page, its static files and the docs page stay open (the page asks for the token).
-        """
-        settings = self.settings
-        fastapi_options.setdefault("title", "jobcast")
-        fastapi_options.setdefault("version", __version__)
-        app = _App(lifespan=self.lifespan, **fastapi_options)
-        open_paths = {
-            "/",
-            "/healthz",
-            app.docs_url,
-            app.redoc_url,
-            app.swagger_ui_oauth2_redirect_url,
-        }
-        # The same policy as on jobcast's routes, here for every route of the app (the
-        # page, the docs, routes the user adds); it runs once per request.
-        policy = [
-            Middleware(
-                Policy,
-                settings=settings,
-                open_paths={path for path in open_paths if path},
-                open_prefixes=("/static/",),
-            )
-        ]
-        app.user_middleware[:0] = policy
-        app.add_exception_handler(JobcastError, _jobcast_error)
-        app.add_exception_handler(405, _method_not_allowed)
-        if settings.token:
-            RedactTokens.install()
-        app.include_router(self.router)
-        self.add_page(app)
-
-        app.stream_fast_path = _FastPathSpec(
-            runner=lambda: self.runner,
-            streams=self._streams,
-            policy=policy,
-            exception_handlers=dict(app.exception_handlers),
-        )
-        return app
-
-
-@dataclass(slots=True, frozen=True)
-class _FastPathSpec:
-    """What :class:`StreamFastPath` needs, and the app's policy as ``create_app`` left it."""
-
-    runner: Callable[[], Service]
-    streams: StreamSlots
-    policy: list[Middleware]
-    exception_handlers: dict[Any, Any]
-
-
-class _App(FastAPI):
-    """FastAPI, with jobcast's two SSE GETs served by :class:`~jobcast._asgi.StreamFastPath`.
-
-    The fast path sits outside the whole middleware stack that FastAPI builds, and applies the
-    app's own policy middleware itself. Only as long as the app is as ``create_app`` made it:
-    middleware or exception handlers added afterwards must see the streams too, so with those
-    the streams go through the framework like every other route.
-    """
-
-    stream_fast_path: _FastPathSpec | None = None
-
-    def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
-        spec = self.stream_fast_path
-        if (
-            spec is None
-            or self.user_middleware != spec.policy
-            or self.exception_handlers != spec.exception_handlers
-            or getattr(self, "max_body_size", None) is not None  # newer FastAPI: its own limit
-        ):
-            return stack
-        error_handler = None
-        for key, value in self.exception_handlers.items():  # as FastAPI picks it
-            if key in (500, Exception):
-                error_handler = value
-        return StreamFastPath(
-            stack,
-            runner=spec.runner,
-            streams=spec.streams,
-            policy=spec.policy,
-            error_handler=error_handler,
-            debug=self.debug,
-        )
-
-
-async def _jobcast_error(request: Request, exc: Exception) -> Response:
-    # jobcast's own routes answer their errors themselves (JobcastRoute); this covers the
-    # routes a user adds to the app, such as the demo's recipe endpoints calling the runner.
-    assert isinstance(exc, JobcastError)
-    return error_response(exc)
-
-
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
-async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    # Starlette's Allow names the methods of the first route whose path matches; a path
-    # served by several routes (GET and POST /api/background-task in the demo) must list
-    # them all (RFC 9110), or a client cannot tell what it may do there.
-    scope, routes = request.scope, request.app.router.routes
-
-    def serves(method: str) -> bool:
-        probe = {**scope, "method": method}
-        return any(route.matches(probe)[0] is Match.FULL for route in routes)
-
-    if serves(scope["method"]):
-        # A mounted app (the static files) took the request and refused it: it knows best.
-        allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
-    else:
-        allow = ", ".join(method for method in _METHODS if serves(method))
-    detail = getattr(exc, "detail", None) or "Method Not Allowed"
-    return JSONResponse(
-        {"detail": detail}, status_code=405, headers={"Allow": allow} if allow else {}
-    )
+        """A FastAPI app serving the API, the streams and the dashboard page (see
+        :func:`jobcast.factory.create_app`)."""
+        return factory.create_app(self, **fastapi_options)
 
 
 def _default_store(settings: Settings) -> Store:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ._limits import StartRate
 from .eventlog import EventLog
+from .exceptions import NotAccepting
 from .jobs import Job, JobState
 from .settings import Settings
 from .table import Submitted
 from .tasks import TaskRegistry
 
-__all__ = ["Service"]
+__all__ = ["STATE_KEY", "Service", "service_of"]
+
+#: Where the lifespan's state holds the running service.
+STATE_KEY = "jobcast"
 
 
 class Service(Protocol):
@@ -58,3 +63,19 @@ class Service(Protocol):
         ...
 
     async def shutdown(self) -> None: ...
+
+
+def service_of(scope: Mapping[str, Any]) -> Service:
+    """The service a request's app runs, from the lifespan's state in its ASGI scope.
+
+    Raises :class:`~jobcast.NotAccepting` when the app was not started with the JobCast's
+    lifespan.
+    """
+    state = scope.get("state")
+    service = state.get(STATE_KEY) if isinstance(state, Mapping) else None
+    if service is None:
+        raise NotAccepting(
+            "the jobcast service is not running: serve the app with the JobCast's lifespan "
+            "(FastAPI(lifespan=jobs.lifespan))"
+        )
+    return service  # type: ignore[no-any-return]
