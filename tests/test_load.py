@@ -62,7 +62,7 @@ async def test_connect_disconnect_cycles_leave_nothing_behind(
     serve: Callable[..., Any],
 ) -> None:
     jobs, server = serve()
-    loop = jobs.runner._execution._loop
+    loop = jobs.runner.worker._execution._loop
 
     async def count_tasks() -> int:
         return len(asyncio.all_tasks())

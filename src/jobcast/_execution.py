@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,7 +75,7 @@ class Run:
 
 
 #: Called once a run has ended, with its outcome; the owner publishes the end.
-OnEnd = Callable[[Run, Outcome], None]
+OnEnd = Callable[[Run, Outcome], Awaitable[None]]
 
 
 class Execution:
@@ -93,6 +93,7 @@ class Execution:
         on_end: OnEnd,
         *,
         host: str = "server",
+        on_freed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self._host = host  # what a stopped job's error says stopped: the server, a worker
@@ -100,6 +101,7 @@ class Execution:
         self._task_group = task_group
         self._publisher = publisher
         self._on_end = on_end
+        self._on_freed = on_freed  # called once a run's slot is free again
         self._loop = asyncio.get_running_loop()
         self._per_task: Counter[str] = Counter()
         self._idle = anyio.Event()
@@ -162,15 +164,23 @@ class Execution:
         except Exception as exc:
             outcome = self._internal_error(run, "running", exc)
         try:
-            self._end(run, outcome)
+            await self._end(run, outcome)
         except Exception as exc:
             failure = self._internal_error(run, "publishing the end of", exc)
             try:
-                self._on_end(run, failure)
+                await self._on_end(run, failure)
             except Exception:
                 logger.exception(
                     "job %s is left unfinished: its end cannot be published", run.job.id
                 )
+        finally:
+            # Only now: whoever waits for every run to end finds its end recorded.
+            if self.runs.pop(run.job.id, None) is not None:
+                self._per_task[run.task.name] -= 1
+                if not self.runs:
+                    self._idle.set()
+        if self._on_freed is not None:
+            await self._on_freed()
 
     async def _outcome(self, run: Run) -> Outcome:
         with run.scope:
@@ -180,7 +190,7 @@ class Execution:
                 reporters.cancel_scope.cancel()
             return outcome
         # Shutdown outlasted the grace period: the thread is abandoned, the job recorded.
-        error = JobError("Interrupted", f"the {self._host} stopped before the job could finish")
+        error = JobError.interrupted(f"the {self._host} stopped before the job could finish")
         return Outcome(JobState.INTERRUPTED, error=error)
 
     def _internal_error(self, run: Run, when: str, exc: Exception) -> Outcome:
@@ -264,7 +274,7 @@ class Execution:
 
     def _stopped(self, run: Run) -> Outcome:
         if run.stopping:
-            error = JobError("Interrupted", f"the {self._host} stopped while the job was running")
+            error = JobError.interrupted(f"the {self._host} stopped while the job was running")
             return Outcome(JobState.INTERRUPTED, error=error)
         return Outcome(JobState.CANCELLED)
 
@@ -293,11 +303,7 @@ class Execution:
         run.job.progress = run.meter.read(number, finite(total), text, now=time.monotonic())
         return True
 
-    def _end(self, run: Run, outcome: Outcome) -> None:
-        if self.runs.pop(run.job.id, None) is not None:
-            self._per_task[run.task.name] -= 1
-            if not self.runs:
-                self._idle.set()
+    async def _end(self, run: Run, outcome: Outcome) -> None:
         run.ctx._flush()  # log lines still pending go out before the terminal event
         if run.dropped:
             self._publisher.lines(
@@ -310,7 +316,7 @@ class Execution:
         self._read_progress(run)  # the final value rides on the terminal event
         if run.failure is not None:
             outcome = Outcome(JobState.FAILED, error=run.failure)
-        self._on_end(run, outcome)
+        await self._on_end(run, outcome)
 
     def _take_lines(self, run: Run, lines: list[str]) -> None:
         # Called back on the loop from the job's thread: a failure here would only reach the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, Unpack, overload
@@ -149,7 +149,7 @@ class JobCast:
         # reach the server as themselves rather than inside an exception group.
         open_service = self._open_redis if settings.redis_url else self._open_here
         async with open_service() as start, anyio.create_task_group() as task_group:
-            service = start(task_group)
+            service = await start(task_group)
             task_group.start_soon(_keepalive, service.log, settings.keepalive_interval)
             task_group.start_soon(self.streams.watch)
             task_group.start_soon(_stop_on_exit_signal, service)
@@ -162,7 +162,7 @@ class JobCast:
                 task_group.cancel_scope.cancel()
 
     @asynccontextmanager
-    async def _open_here(self) -> AsyncIterator[Callable[[TaskGroup], Service]]:
+    async def _open_here(self) -> AsyncIterator[Callable[[TaskGroup], Awaitable[Service]]]:
         """This process runs the jobs, kept in the store (SQLite unless told otherwise)."""
         settings = self.settings
         store = self._store or _default_store(settings)
@@ -176,9 +176,9 @@ class JobCast:
         )
         log.extend(events)
 
-        def start(task_group: TaskGroup) -> Service:
+        async def start(task_group: TaskGroup) -> Service:
             runner = Runner(self.tasks, log, store, settings, task_group)
-            runner.restore(recovered.jobs)
+            await runner.start(recovered.jobs)
             return runner
 
         try:
@@ -188,7 +188,7 @@ class JobCast:
             await store.aclose()
 
     @asynccontextmanager
-    async def _open_redis(self) -> AsyncIterator[Callable[[TaskGroup], Service]]:
+    async def _open_redis(self) -> AsyncIterator[Callable[[TaskGroup], Awaitable[Service]]]:
         """Workers run the jobs; this process starts them and streams them, through Redis."""
         from .cluster import connect
         from .cluster.hub import Hub

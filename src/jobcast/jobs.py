@@ -47,6 +47,11 @@ class JobError:
             return cls(describe(exc.type_name, 200), describe(exc.message, MAX_ERROR_MESSAGE))
         return cls(describe(type(exc).__name__, 200), describe(exc, MAX_ERROR_MESSAGE))
 
+    @classmethod
+    def interrupted(cls, reason: str) -> JobError:
+        """Why a job ended ``interrupted``: what stopped under it (``reason``)."""
+        return cls("Interrupted", reason)
+
     def to_dict(self) -> dict[str, str]:
         return {"type": self.type, "message": self.message}
 

@@ -26,7 +26,11 @@ class Service(Protocol):
     registry: TaskRegistry
     settings: Settings
     log: EventLog
-    jobs: dict[str, Job]
+
+    @property
+    def jobs(self) -> dict[str, Job]:
+        """Every job this process knows, by id."""
+        ...
 
     @property
     def rate(self) -> StartRate:

@@ -92,7 +92,7 @@ class Hub(JobTable):
         state.fill(hub.jobs, log)
         return hub
 
-    def start(self, task_group: TaskGroup) -> Hub:
+    async def start(self, task_group: TaskGroup) -> Hub:
         """Follow the event stream, and take back the jobs of dead workers, in ``task_group``."""
         task_group.start_soon(self._follow, self._after, name="jobcast redis events")
         reaper = Reaper(self._redis, self.settings, self.registry, self._scripts)

@@ -294,7 +294,7 @@ class Worker:
             pass
         self._publisher.send(self._entries.pop(job.id))
 
-    def _ended(self, run: Run, outcome: Outcome) -> None:
+    async def _ended(self, run: Run, outcome: Outcome) -> None:
         job = run.job
         if run.stopping and run.task.retry_on_restart and outcome.state is JobState.INTERRUPTED:
             requeue(job)

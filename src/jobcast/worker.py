@@ -1,0 +1,124 @@
+"""The one worker: it takes queued jobs from a backend, within the limits, and runs them.
+
+A worker claims jobs as it has room (``max_workers`` at once, and each task's
+``max_concurrency``), starts each through the lifecycle (a job cancelled meanwhile is not
+its to run), runs it under supervision (:class:`~jobcast._execution.Execution`: threads,
+processes, commands), and records its end through the lifecycle. The server runs one in
+process on the local backend.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._execution import Execution, Outcome, Run
+from .backends.base import Backend
+from .jobs import Job
+from .lifecycle import Lifecycle
+from .settings import Settings
+from .tasks import TaskRegistry
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger("jobcast")
+
+
+class Worker:
+    """Runs the jobs of ``backend`` that it claims, up to ``max_workers`` at once.
+
+    ``name`` is how the backend knows it; ``who`` says it in words ("the server").
+    """
+
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        settings: Settings,
+        backend: Backend,
+        lifecycle: Lifecycle,
+        task_group: TaskGroup,
+        *,
+        name: str,
+        who: str,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.name = name
+        self.who = who
+        self._backend = backend
+        self._lifecycle = lifecycle
+        publisher, host = backend.publisher(name), who.removeprefix("the ")
+        self._execution = Execution(
+            settings, task_group, publisher, self._ended, host=host, on_freed=self.take
+        )
+        self._wake = anyio.Event()
+        self._taking = True
+        backend.listen(name, on_cancel=self._cancel, on_work=self.wake)
+
+    @property
+    def runs(self) -> dict[str, Run]:
+        """The jobs running now, by id."""
+        return self._execution.runs
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask the job ``job_id`` to stop, if it runs here; return whether it does."""
+        return self._execution.cancel(job_id)
+
+    def _cancel(self, job_id: str) -> None:
+        self._execution.cancel(job_id)
+
+    def wake(self) -> None:
+        """Look for work now (jobs were queued, or a limit freed)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Take and start jobs as there is room, until :meth:`stop`."""
+        while self._taking:
+            await self.take()
+            await self._wake.wait()
+            self._wake = anyio.Event()
+
+    async def take(self) -> None:
+        """Claim and start jobs while there is room."""
+        while self._taking:
+            free = self.settings.max_workers - len(self.runs)
+            if free <= 0:
+                return
+            jobs = await self._backend.claim(self.name, free, self._has_room)
+            if not jobs:
+                return
+            for job in jobs:
+                await self._start(job)
+
+    async def stop(self, grace_period: float) -> None:
+        """Take no more jobs; ask the running ones to stop, and abandon those still running
+        after ``grace_period`` (recorded ``interrupted``, or queued again)."""
+        self._taking = False
+        self._wake.set()
+        await self._execution.stop(grace_period)
+
+    async def _start(self, job: Job) -> None:
+        if job.task not in self.registry:
+            message = (
+                f"task {job.task!r} is no longer registered in {self.who}, so the job cannot "
+                "run: register it again (every process with the same module:attr), or start "
+                "another job"
+            )
+            await self._lifecycle.refuse(job, message)
+            return
+        if await self._lifecycle.start(job, self.name):
+            self._execution.start(job, self.registry.get(job.task))
+        else:
+            await self._backend.release(job)
+
+    def _has_room(self, task_name: str, taking: int) -> bool:
+        if task_name not in self.registry:
+            return True  # to be refused, which needs no room
+        limit = self.registry.get(task_name).max_concurrency
+        return limit is None or self._execution.running(task_name) + taking < limit
+
+    async def _ended(self, run: Run, outcome: Outcome) -> None:
+        await self._lifecycle.end(run.job, outcome, self.name, stopping=run.stopping, who=self.who)
+        self._wake.set()
