@@ -166,7 +166,8 @@ class Lifecycle:
 
     async def _requeue(self, job: Job, worker: str, reason: str) -> None:
         # The line first: once queued, a worker may start the job at once.
-        await self.backend.lines(job, [f"queued again, to run from the start: {reason}"])
+        line = f"queued again, to run from the start: {reason}"
+        await self.backend.lines(job, [line], owner=worker)
         queued = copy.copy(job)
         requeue(queued)
         await self.backend.change(

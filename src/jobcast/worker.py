@@ -10,12 +10,14 @@ process on the local backend.
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ._execution import Execution, Outcome, Run
 from .backends.base import Backend
+from .exceptions import BackendUnavailable
 from .jobs import Job
 from .lifecycle import Lifecycle
 from .settings import Settings
@@ -50,10 +52,15 @@ class Worker:
         self._backend = backend
         self._lifecycle = lifecycle
         publisher, host = backend.publisher(name), who.removeprefix("the ")
+        # A slot that frees up takes the next job at once, unless claiming waits for work
+        # (then the loop in run() claims, woken by the free slot).
+        freed = self._wake_up if backend.claim_waits else self.take
         self._execution = Execution(
-            settings, task_group, publisher, self._ended, host=host, on_freed=self.take
+            settings, task_group, publisher, self._ended, host=host, on_freed=freed
         )
+        self._held: deque[Job] = deque()  # claimed, waiting for room for their task
         self._wake = anyio.Event()
+        self._grace = anyio.CancelScope()
         self._taking = True
         backend.listen(name, on_cancel=self._cancel, on_work=self.wake)
 
@@ -74,30 +81,79 @@ class Worker:
         self._wake.set()
 
     async def run(self) -> None:
-        """Take and start jobs as there is room, until :meth:`stop`."""
+        """Take and start jobs as there is room, until :meth:`stop` or :meth:`drain`."""
         while self._taking:
             await self.take()
+            if self._backend.claim_waits and self._free() > 0:
+                continue  # its claim waited for work already
             await self._wake.wait()
             self._wake = anyio.Event()
 
     async def take(self) -> None:
-        """Claim and start jobs while there is room."""
-        while self._taking:
-            free = self.settings.max_workers - len(self.runs)
-            if free <= 0:
-                return
+        """Start held jobs that now have room, then claim and start more while there is."""
+        await self._start_held()
+        while self._taking and (free := self._free()) > 0:
             jobs = await self._backend.claim(self.name, free, self._has_room)
             if not jobs:
                 return
-            for job in jobs:
-                await self._start(job)
+            self._held.extend(jobs)
+            await self._start_held()
 
     async def stop(self, grace_period: float) -> None:
         """Take no more jobs; ask the running ones to stop, and abandon those still running
         after ``grace_period`` (recorded ``interrupted``, or queued again)."""
+        self.stop_taking()
+        await self._execution.stop(grace_period)
+        await self._give_back_held()
+
+    async def drain(self) -> None:
+        """Take no more jobs, let the running ones finish within the grace period, then stop
+        them within ``kill_grace``; give back what was claimed but never started.
+        :meth:`hurry` skips the wait."""
+        self.stop_taking()
+        with self._grace:
+            self._grace.deadline = anyio.current_time() + self.settings.grace_period
+            await self._execution.idle()
+        await self._execution.stop(self.settings.kill_grace)
+        await self._give_back_held()
+
+    def hurry(self) -> None:
+        """Stop waiting for running jobs to finish (a second SIGTERM)."""
+        self._grace.cancel()
+
+    @property
+    def taking(self) -> bool:
+        """Whether it still takes jobs (it stops on :meth:`stop` or :meth:`drain`)."""
+        return self._taking
+
+    def stop_taking(self) -> None:
+        """Take no more jobs (what the first SIGTERM does to a worker)."""
         self._taking = False
         self._wake.set()
-        await self._execution.stop(grace_period)
+
+    async def _give_back_held(self) -> None:
+        while self._held:
+            await self._backend.unclaim(self._held.popleft())
+
+    def _free(self) -> int:
+        return self.settings.max_workers - len(self.runs) - len(self._held)
+
+    async def _wake_up(self) -> None:
+        self.wake()
+
+    async def _start_held(self) -> None:
+        if not self._taking:
+            return  # stopping: what it holds goes back to the queue
+        for job in list(self._held):
+            if job.task in self.registry and not self._has_room(job.task, 0):
+                continue
+            self._held.remove(job)
+            try:
+                await self._start(job)
+            except BackendUnavailable:
+                self._held.appendleft(job)  # Redis is down: tried again on the next round
+                await anyio.sleep(0.5)
+                return
 
     async def _start(self, job: Job) -> None:
         if job.task not in self.registry:

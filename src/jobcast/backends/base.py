@@ -56,6 +56,8 @@ class Backend(Protocol):
     log: EventLog
     #: Whether queued jobs outlive the process (and so run after a restart).
     durable: bool
+    #: Whether :meth:`claim` itself waits a little for work (else the backend tells of it).
+    claim_waits: bool
 
     async def admit(self, job: Job, *, twin: str) -> None:
         """Make ``job`` (queued) and queue it, once it is stored; raise :class:`Refused`
@@ -67,8 +69,8 @@ class Backend(Protocol):
         :class:`Refused` when the job has finished or fails the :class:`Checks`."""
         ...
 
-    async def lines(self, job: Job, lines: list[str]) -> None:
-        """Publish log lines of ``job``."""
+    async def lines(self, job: Job, lines: list[str], *, owner: str | None = None) -> None:
+        """Publish log lines of ``job`` (held by worker ``owner``, if one)."""
         ...
 
     def publisher(self, worker: str) -> Publisher:
@@ -81,6 +83,10 @@ class Backend(Protocol):
 
     async def release(self, job: Job) -> None:
         """``job`` has left its worker's hands (ended, refused or requeued)."""
+        ...
+
+    async def unclaim(self, job: Job) -> None:
+        """Give back a job a worker claimed but never started (it is stopping)."""
         ...
 
     async def ask_to_stop(self, job: Job) -> None:

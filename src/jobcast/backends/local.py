@@ -83,6 +83,7 @@ class LocalBackend:
         self.table = JobTable()
         self.table.settings = settings
         self.durable = store.durable
+        self.claim_waits = False
         self._store = store
         self._publisher = LocalPublisher(log, store)
         self._queue: deque[Job] = deque()
@@ -152,7 +153,7 @@ class LocalBackend:
             self._queue.appendleft(job)
             self._tell_of_work()
 
-    async def lines(self, job: Job, lines: list[str]) -> None:
+    async def lines(self, job: Job, lines: list[str], *, owner: str | None = None) -> None:
         self._publisher.lines(job, lines)
 
     def publisher(self, worker: str) -> Publisher:
@@ -173,6 +174,10 @@ class LocalBackend:
 
     async def release(self, job: Job) -> None:
         """Nothing to acknowledge here: the queue is this process's."""
+
+    async def unclaim(self, job: Job) -> None:
+        if job.state is JobState.QUEUED and job not in self._queue:
+            self._queue.appendleft(job)
 
     async def ask_to_stop(self, job: Job) -> None:
         worker = self._holders.get(job.id)
