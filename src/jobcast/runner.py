@@ -19,7 +19,7 @@ from ._limits import JobRate
 from .backends.local import STORED_WITHIN, LocalBackend
 from .eventlog import EventLog
 from .jobs import Job, JobError, JobState
-from .lifecycle import Lifecycle
+from .service import Service
 from .settings import Settings
 from .store import Store
 from .table import Submitted
@@ -32,8 +32,9 @@ __all__ = ["Runner"]
 WORKER, WHO = "server", "the server"
 
 
-class Runner:
-    """Queues jobs, runs them within the limits, and publishes everything they do."""
+class Runner(Service):
+    """Queues jobs, runs them within the limits in this process, and publishes everything
+    they do."""
 
     def __init__(
         self,
@@ -43,71 +44,35 @@ class Runner:
         settings: Settings,
         task_group: TaskGroup,
     ) -> None:
-        self.registry = registry
-        self.log = log
-        self.settings = settings
-        self.backend = LocalBackend(log, store, settings)
-        self.table = self.backend.table
-        self.lifecycle = Lifecycle(registry, settings, self.backend)
+        backend = LocalBackend(log, store, settings)
+        super().__init__(registry, settings, backend, rate=JobRate(settings.jobs_per_minute))
+        self.backend: LocalBackend = backend
         self.worker = Worker(
-            registry, settings, self.backend, self.lifecycle, task_group, name=WORKER, who=WHO
+            registry, settings, backend, self.lifecycle, task_group, name=WORKER, who=WHO
         )
-        self.rate = JobRate(settings.jobs_per_minute)
         self._stopped = anyio.Event()
         self._task_group = task_group
-
-    # -- the reads the API makes -----------------------------------------------------------------
-
-    @property
-    def jobs(self) -> dict[str, Job]:
-        return self.table.jobs
-
-    def get(self, job_id: str) -> Job:
-        return self.table.get(job_id)
-
-    def shown(self, job_id: str) -> dict[str, Any]:
-        return self.table.shown(job_id)
-
-    def newest(
-        self, *, state: JobState | None = None, task: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
-        return self.table.newest(state=state, task=task, limit=limit)
-
-    def snapshot(self, task: str | None = None) -> list[dict[str, Any]]:
-        return self.table.snapshot(task)
-
-    async def find(self, job_id: str) -> Job:
-        """The job ``job_id`` (every job of this service is in its table)."""
-        return self.get(job_id)
-
-    async def catch_up(self, seq: int) -> None:
-        """Nothing to wait for: every event of this service is published here."""
 
     async def health(self) -> dict[str, Any]:
         """How many jobs run and wait; ``problem`` when the store cannot write."""
         return {"running": len(self.worker.runs), **await self.backend.health()}
 
-    # -- the operations --------------------------------------------------------------------------
-
     async def submit(self, task_name: str, params: object) -> Submitted:
-        """Validate ``params``, queue a job of ``task_name`` and start it when there is room;
-        answer once it is stored (see :meth:`~jobcast.lifecycle.Lifecycle.submit`)."""
-        submitted = await self.lifecycle.submit(task_name, params)
+        """Queue a job and start it when there is room; answer once it is stored."""
+        submitted = await super().submit(task_name, params)
         # The worker is in this process: it takes the job now if it has room, so the answer
         # already shows the job running.
         await self.worker.take()
         return submitted
 
     async def cancel(self, job_id: str) -> Job:
-        """Cancel a queued job at once, or ask a running one to stop.
-
-        Raises :class:`~jobcast.UnknownJob` or :class:`~jobcast.JobFinished`.
-        """
+        """Cancel a queued job at once (answered once that is stored), or ask a running one
+        to stop. Raises :class:`~jobcast.UnknownJob` or :class:`~jobcast.JobFinished`."""
         job = self.get(job_id)
         was_queued = job.state is JobState.QUEUED
-        await self.lifecycle.cancel(job)
+        await super().cancel(job_id)
         if was_queued and job.finished:
-            with anyio.move_on_after(STORED_WITHIN):  # answered once it will hold
+            with anyio.move_on_after(STORED_WITHIN):
                 await self.log.wait_stored(job.last_seq)
         return job
 
@@ -141,7 +106,7 @@ class Runner:
         if not self.lifecycle.accepting:
             await self._stopped.wait()
             return
-        self.lifecycle.accepting = False
+        await super().shutdown()
         try:
             if not self.backend.durable:
                 error = JobError.interrupted("the server stopped before the job started")

@@ -99,6 +99,15 @@ class Backend(Protocol):
         """Tell ``worker`` of the jobs it must stop, and when new work may be there."""
         ...
 
+    async def find(self, job_id: str) -> Job:
+        """The job ``job_id``, waiting (briefly) for one another process has just made;
+        raises :class:`~jobcast.UnknownJob`."""
+        ...
+
+    async def catch_up(self, seq: int) -> None:
+        """Return once this process has the events up to ``seq`` that exist anywhere."""
+        ...
+
     async def health(self) -> dict[str, Any]:
         """Readings for ``/healthz``; ``problem`` when the backend cannot take jobs."""
         ...

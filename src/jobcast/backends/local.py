@@ -191,6 +191,12 @@ class LocalBackend:
         self._on_cancel[worker] = on_cancel
         self._on_work.append(on_work)
 
+    async def find(self, job_id: str) -> Job:
+        return self.table.get(job_id)  # every job of this service is in its table
+
+    async def catch_up(self, seq: int) -> None:
+        """Nothing to wait for: every event of this service is published here."""
+
     async def health(self) -> dict[str, Any]:
         readings: dict[str, Any] = {"queued": len(self._queue)}
         if self.store_problem is not None:
