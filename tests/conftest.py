@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -20,6 +20,9 @@ from playwright.sync_api import Browser, sync_playwright
 
 from jobcast import Job, JobCast
 from tests.apps import GATES, make_jobs
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -54,6 +57,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             tiers.add("integration")
         for tier in sorted(tiers) or ["unit"]:
             item.add_marker(tier)
+
+
+# -- a real redis-server -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` of the test's own, running; killed at teardown."""
+    from tests.redis_server import REDIS_SERVER, RedisServer
+
+    if not Path(REDIS_SERVER).is_file():
+        pytest.fail(f"{REDIS_SERVER} is missing; install it: scripts/system-deps redis-server")
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 # -- a real browser ----------------------------------------------------------------------------

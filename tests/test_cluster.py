@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, wait_until
-from tests.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer
 from tests.sse import Frame, Stream, open_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # child processes, servers
@@ -152,19 +152,6 @@ class Cluster:
 
     def _log(self, kind: str) -> Path:
         return self.directory / f"{kind}-{len(self.nodes)}-{time.monotonic_ns()}.log"
-
-
-@pytest.fixture
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A ``redis-server`` of the test's own, running; killed at teardown."""
-    if not Path(REDIS_SERVER).is_file():
-        pytest.fail(f"{REDIS_SERVER} is missing; install it: scripts/system-deps redis-server")
-    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

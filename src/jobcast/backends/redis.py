@@ -126,7 +126,7 @@ class RedisPublisher:
                 if isinstance(item, Change):
                     try:
                         Scripts.result(answer)
-                    except Refused as refused:
+                    except ScriptRefused as refused:
                         self._on_refused(item.job_id, refused.reason)
 
     async def _send(self, batch: list[Change | str]) -> list[Any]:
