@@ -1,7 +1,7 @@
 """The Redis backend: the jobs of a deployment in Redis, shared by every API process and
 every ``jobcast worker``.
 
-Every step goes through the one change script (:mod:`jobcast.cluster._redis`), which makes
+Every step goes through the one change script (:mod:`jobcast.backends._redis`), which makes
 its checks and its change in one atomic step for every process. The event log is a Redis
 stream that each API process follows into its own :class:`~jobcast.eventlog.EventLog` and
 job table; the queue is a stream read by the consumer group of the workers. A worker's own
@@ -30,7 +30,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from .._execution import Publisher
-from ..cluster._redis import (
+from ..eventlog import EventLog
+from ..events import Event, encode_json
+from ..exceptions import BackendUnavailable, UnknownJob
+from ..jobs import Job, JobState
+from ..settings import Settings, without_password
+from ..table import JobTable
+from ._redis import (
     GROUP,
     Change,
     Keys,
@@ -38,13 +44,7 @@ from ..cluster._redis import (
     SharedRate,
     decode_event,
 )
-from ..cluster._redis import Refused as ScriptRefused
-from ..eventlog import EventLog
-from ..events import Event, encode_json
-from ..exceptions import BackendUnavailable, UnknownJob
-from ..jobs import Job, JobState
-from ..settings import Settings, without_password
-from ..table import JobTable
+from ._redis import Refused as ScriptRefused
 from .base import Checks, Refused, Room
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ class RedisBackend:
     # -- the Backend Protocol --------------------------------------------------------------------
 
     async def admit(self, job: Job, *, twin: str) -> None:
-        key = f"{self._keys.prefix}:twin:{twin}" if twin else ""
+        key = self._keys.twin(twin) if twin else ""
         change = Change.of(
             job, JobState.QUEUED.value, create=True, enqueue=True, twin=key, set_worker=""
         )

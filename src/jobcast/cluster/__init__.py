@@ -13,6 +13,6 @@ except ImportError as exc:  # pragma: no cover - the dev install has it
         "JOBCAST_REDIS_URL is set, but redis-py is not installed; run: pip install 'jobcast[redis]'"
     ) from exc
 
-from ._redis import connect
+from ..backends._redis import connect
 
 __all__ = ["connect"]

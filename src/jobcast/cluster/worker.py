@@ -21,12 +21,12 @@ import socket
 
 import anyio
 
+from ..backends._redis import connect
 from ..backends.redis import RedisBackend
 from ..lifecycle import Lifecycle
 from ..settings import Settings
 from ..tasks import TaskRegistry
 from ..worker import Worker
-from ._redis import connect
 
 __all__ = ["serve_worker"]
 

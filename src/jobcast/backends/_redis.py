@@ -1,5 +1,5 @@
 """What every process of a Redis deployment shares: the key names and the one Lua script
-through which every change to a job goes.
+through which every change to a job goes (the Redis backend makes its steps with it).
 
 Layout, under a prefix (``jobcast`` by default):
 
@@ -33,8 +33,6 @@ Layout, under a prefix (``jobcast`` by default):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -115,9 +113,9 @@ class Keys:
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
 
-    def twin(self, task: str, params: Mapping[str, Any]) -> str:
-        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:32]
-        return f"{self.prefix}:twin:{task}:{digest}"
+    def twin(self, key: str) -> str:
+        """The key of a duplicate key (:func:`jobcast.lifecycle.twin_key`)."""
+        return f"{self.prefix}:twin:{key}"
 
 
 def connect(url: str) -> Redis:
