@@ -226,11 +226,13 @@ class _Watch(RecordingStream):
         super().__init__(request, tally, ready_on_frame=True)
         self.job_id = ""
         self.ended: asyncio.Future[None] | None = None
+        self.arrived: list[float] = []  # the wall-clock time each kept frame was read
 
     def on_frame(self, frame: Frame) -> None:
         if frame.event in ("snapshot", "log", "progress"):
             return
         self.frames.append(frame)
+        self.arrived.append(time.time())
         if frame.event in _TERMINAL and self.ended is not None and not self.ended.done():
             if json.loads(frame.data)["job"]["id"] == self.job_id:
                 self.ended.set_result(None)
@@ -239,10 +241,10 @@ class _Watch(RecordingStream):
 async def jobcast_push(server: Server, *, trials: int, job_s: float) -> PushResult:
     """SSE: each job's ``running`` and ``succeeded`` event, arrival minus the event's ``ts``.
 
-    ``ts`` is the wall-clock time jobcast published the change; arrival is taken on the
-    monotonic clock at the read and turned to wall-clock time with one offset.
+    ``ts`` is the wall-clock time jobcast published the change; arrival is the wall-clock
+    time of the read (a monotonic reading turned into wall-clock time with one offset would
+    drift from it as the system clock is slewed, by milliseconds over a run).
     """
-    offset = time.time() - time.monotonic()
     tally = Tally(1)
     watch = _Watch(stream_request(server.host, server.port, "/api/events", None), tally)
     await connect(server.host, server.port, watch)
@@ -256,10 +258,10 @@ async def jobcast_push(server: Server, *, trials: int, job_s: float) -> PushResu
             watch.job_id = await _start(server, "sleep", {"seconds": job_s, "steps": 1})
             async with asyncio.timeout(job_s + 10):
                 await watch.ended
-        for frame in watch.frames:
+        for frame, arrived in zip(watch.frames, watch.arrived, strict=True):
             data = json.loads(frame.data)
             if frame.event in ("running", *_TERMINAL):
-                delays.append((frame.at + offset - data["ts"]) * 1000)
+                delays.append((arrived - data["ts"]) * 1000)
     finally:
         watch.abort()
     return _push_result(server.name, "SSE push", delays, 0)
