@@ -82,6 +82,12 @@ async def until(
             await service.log.wait(service.log.last_seq)
 
 
+async def running(service: Service, task: str, **params: Any) -> Job:
+    """Start a job of ``task`` and return it once it runs."""
+    job = (await service.submit(task, params)).job
+    return await until(service, job.id, lambda job: job.state is JobState.RUNNING)
+
+
 def states(service: Service, job_id: str) -> list[str]:
     """The names of the state events of ``job_id`` that the service's log still holds."""
     return [
@@ -107,8 +113,7 @@ async def test_a_queued_job_cancelled_never_runs_and_the_next_one_does(
     kind: str, tmp_path: Path, redis: RedisServer | None
 ) -> None:
     async with deployment(kind, tmp_path, redis) as (_, service):
-        blocker = (await service.submit("hold", {"name": f"block-{kind}"})).job
-        await until(service, blocker.id, lambda job: job.state is JobState.RUNNING)
+        await running(service, "hold", name=f"block-{kind}")
         waiting = (await service.submit("count", {"n": 1})).job
         after = (await service.submit("count", {"n": 2})).job
         await service.cancel(waiting.id)
@@ -123,8 +128,7 @@ async def test_a_start_that_comes_after_a_cancel_is_refused(
     kind: str, tmp_path: Path, redis: RedisServer | None
 ) -> None:
     async with deployment(kind, tmp_path, redis) as (_, service):
-        blocker = (await service.submit("hold", {"name": f"race-{kind}"})).job
-        await until(service, blocker.id, lambda job: job.state is JobState.RUNNING)
+        await running(service, "hold", name=f"race-{kind}")
         job = (await service.submit("count", {"n": 1})).job
         await service.cancel(job.id)
         lifecycle = Lifecycle(service.registry, service.settings, service.backend)
@@ -139,8 +143,7 @@ async def test_duplicates_are_refused_or_joined_and_the_queue_has_a_limit(
     kind: str, tmp_path: Path, redis: RedisServer | None
 ) -> None:
     async with deployment(kind, tmp_path, redis, max_queue=2) as (_, service):
-        blocker = (await service.submit("unique", {"name": f"dup-{kind}"})).job
-        await until(service, blocker.id, lambda job: job.state is JobState.RUNNING)
+        await running(service, "unique", name=f"dup-{kind}")
         with pytest.raises(Exception, match="already has job") as refused:
             await service.submit("unique", {"name": f"dup-{kind}"})
         assert type(refused.value).__name__ == "DuplicateJob"
@@ -160,10 +163,8 @@ async def test_a_job_whose_worker_is_gone_is_interrupted_or_queued_again_by_its_
     kind: str, tmp_path: Path, redis: RedisServer | None
 ) -> None:
     async with deployment(kind, tmp_path, redis, max_workers=2) as (_, service):
-        held = (await service.submit("hold", {"name": f"gone-{kind}"})).job
-        retried = (await service.submit("resumable", {"name": f"again-{kind}"})).job
-        for job in (held, retried):
-            await until(service, job.id, lambda job: job.state is JobState.RUNNING)
+        held = await running(service, "hold", name=f"gone-{kind}")
+        retried = await running(service, "resumable", name=f"again-{kind}")
         lifecycle = service.lifecycle
         holder = "server" if kind == "local" else "w1"
         last_known = service.get(held.id).updated_at
@@ -193,8 +194,7 @@ async def test_the_end_a_worker_sends_for_a_job_taken_from_it_is_not_recorded(
     kind: str, tmp_path: Path, redis: RedisServer | None
 ) -> None:
     async with deployment(kind, tmp_path, redis) as (_, service):
-        job = (await service.submit("hold", {"name": f"taken-{kind}"})).job
-        await until(service, job.id, lambda job: job.state is JobState.RUNNING)
+        job = await running(service, "hold", name=f"taken-{kind}")
         await service.cancel(job.id)
         ended = await until(service, job.id, lambda job: job.finished)
         lifecycle = Lifecycle(service.registry, service.settings, service.backend)

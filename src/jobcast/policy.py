@@ -11,16 +11,14 @@ re-streams every SSE chunk.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Collection
-from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .exceptions import JobcastError
-from .responses import error_response
+from .responses import SafeJSONResponse, error_response
 from .security import SAFE_METHODS, Guard, Via, cookie_header, cors_options
 from .settings import Settings
 
@@ -152,7 +150,7 @@ class HostCheck:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": "host not allowed"})
             return
-        await _send_json(send, 400, {"detail": message})
+        await SafeJSONResponse({"detail": message}, status_code=400)(scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -160,21 +158,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
-
-
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(data)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})
 
 
 class AccessControl:
@@ -265,7 +248,7 @@ class BodySizeLimit:
         length = headers.get(b"content-length")
         if length is not None:
             if not length.isdigit() or int(length) > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
                 return
         elif b"chunked" in headers.get(b"transfer-encoding", b"").lower():
             # No declared length: read the body up to the limit first, then replay it.
@@ -276,19 +259,19 @@ class BodySizeLimit:
                     return  # the client went away
                 body += message.get("body", b"")
                 if len(body) > self.max_bytes:
-                    await self._refuse(send)
+                    await self._refuse(scope, receive, send)
                     return
                 if not message.get("more_body", False):
                     break
             receive = _replay(bytes(body), receive)
         await self.app(scope, receive, send)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = (
             f"request body is larger than {self.max_bytes} bytes; send a smaller body (the "
             "limit is JOBCAST_MAX_BODY_BYTES)"
         )
-        await _send_json(send, 413, {"detail": detail})
+        await SafeJSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

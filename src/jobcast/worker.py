@@ -62,18 +62,15 @@ class Worker:
         self._wake = anyio.Event()
         self._grace = anyio.CancelScope()
         self._taking = True
-        backend.listen(name, on_cancel=self._cancel, on_work=self.wake)
+        backend.listen(name, on_cancel=self.cancel, on_work=self.wake)
 
     @property
     def runs(self) -> dict[str, Run]:
         """The jobs running now, by id."""
         return self._execution.runs
 
-    def cancel(self, job_id: str) -> bool:
-        """Ask the job ``job_id`` to stop, if it runs here; return whether it does."""
-        return self._execution.cancel(job_id)
-
-    def _cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str) -> None:
+        """Ask the job ``job_id`` to stop, if it runs here."""
         self._execution.cancel(job_id)
 
     def wake(self) -> None:

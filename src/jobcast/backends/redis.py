@@ -170,7 +170,7 @@ class RedisBackend:
         self._url = without_password(str(settings.redis_url))
         self.rate = SharedRate(redis, self._keys, settings.jobs_per_minute, url=self._url)
         self._publishers: dict[str, RedisPublisher] = {}
-        self._entries: dict[str, str] = {}  # job id -> its queue entry, for the worker here
+        self._entries: dict[str, tuple[str, str]] = {}  # job id -> (the worker here, entry)
         self._holding: dict[str, set[str]] = {}  # worker -> the ids of the jobs it runs
         self._on_cancel: dict[str, Callable[[str], None]] = {}
         self._following = False
@@ -269,19 +269,17 @@ class RedisBackend:
         for _, entries in answer:
             for entry_id, fields in entries:
                 job = Job.from_snapshot(json.loads(fields["s"]))
-                self._entries[job.id] = entry_id
+                self._entries[job.id] = (worker, entry_id)
                 jobs.append(job)
         return jobs
 
     async def release(self, job: Job) -> None:
-        entry = self._entries.pop(job.id, None)
-        for held in self._holding.values():
-            held.discard(job.id)
-        if entry is None:
+        claimed = self._entries.pop(job.id, None)
+        if claimed is None:
             return
-        worker = next(iter(self._publishers), None)
-        if worker is not None:
-            self._publishers[worker].send(entry)  # acknowledged after the job's last step
+        worker, entry = claimed
+        self._holding.get(worker, set()).discard(job.id)
+        self._publishers[worker].send(entry)  # acknowledged after the job's last step
 
     async def ask_to_stop(self, job: Job) -> None:
         key = self._keys.job(job.id)
