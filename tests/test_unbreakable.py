@@ -207,3 +207,40 @@ async def test_a_failure_while_publishing_a_job_fails_that_job_and_nothing_else(
     assert health["status"] == "ok" and health["running"] == 0
     other, _ = await finished(client, server, "shout", lines=2)  # no progress: no fault
     assert other["state"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("task", "body", "field"),
+    [
+        ("sleep", b'{"seconds": NaN}', "seconds"),
+        ("sleep", b'{"seconds": 1e999}', "seconds"),
+        ("boom", b'{"message": "x\\ud800y"}', "message"),  # a plain str param
+        ("count", b'{"n": ' + b"9" * 5000 + b"}", None),
+    ],
+)
+async def test_params_json_cannot_carry_are_a_422_naming_the_field_and_make_no_job(
+    serve: Serve, client: httpx.AsyncClient, task: str, body: bytes, field: str | None
+) -> None:
+    jobs, server = serve()
+    response = await client.post(
+        f"{server.url}/api/tasks/{task}/jobs",
+        content=body,
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    (error,) = json.loads(response.content)["detail"]  # an answer any client can decode
+    if field is not None:
+        assert error["loc"] == ["body", field]
+    assert jobs.runner.jobs == {}
+    await still_serving(client, server)
+
+
+async def test_an_unknown_task_filter_is_a_404_on_the_list_and_on_the_stream(
+    serve: Serve, client: httpx.AsyncClient
+) -> None:
+    _, server = serve()
+    listed = await client.get(f"{server.url}/api/jobs", params={"task": "nope"})
+    async with client.stream("GET", f"{server.url}/api/events?task=nope") as streamed:
+        await streamed.aread()
+    assert listed.status_code == streamed.status_code == 404
+    assert "no task named 'nope'" in listed.json()["detail"]
