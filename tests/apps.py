@@ -142,7 +142,26 @@ def make_jobs(**options: Any) -> JobCast:
         """Outlast its 0.2 s timeout, cooperatively."""
         ctx.sleep(60)
 
+    @jobs.task(retries=3, retry_delay=0.2, backoff=2, retry_on=ValueError)
+    def flaky(ctx: JobContext, name: str, failures: int = 2, error: str = "ValueError") -> int:
+        """Raise `error` (ValueError or KeyError) the first `failures` times it runs for
+        `name`, then return how many attempts it took."""
+        attempts = FLAKY[name] = FLAKY.get(name, 0) + 1
+        ctx.log(f"attempt {attempts}")
+        if attempts <= failures:
+            raise {"ValueError": ValueError, "KeyError": KeyError}[error](f"failure {attempts}")
+        return attempts
+
+    @jobs.task(timeout=0.2, retries=1, retry_delay=0.05)
+    def slow_twice(ctx: JobContext) -> None:
+        """Outlast its 0.2 s timeout, each of its two attempts."""
+        ctx.sleep(60)
+
     return jobs
+
+
+#: How many times ``flaky`` ran, by name.
+FLAKY: dict[str, int] = {}
 
 
 def crunch(ctx: JobContext, seconds: float = 0.2, fail: bool = False) -> int:

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -245,10 +246,13 @@ class Process:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "jobcast", "serve", target, "--port", str(port)]
+        # Into a file, not a pipe: a pipe nobody reads fills up, and the server then blocks
+        # on its next log line.
+        self._log = tempfile.TemporaryFile("w+")
         self.popen = subprocess.Popen(
             command,
             env={**os.environ, **env},
-            stdout=subprocess.PIPE,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=Path(__file__).parents[1],
             text=True,
@@ -264,10 +268,19 @@ class Process:
             return False
 
     def output(self) -> str:
-        assert self.popen.stdout is not None
+        """Everything it wrote, once it has been stopped (killed, if it still runs)."""
         if self.popen.poll() is None:
             self.popen.kill()
-        return self.popen.stdout.read()
+        self.popen.wait(10)
+        self._log.seek(0)
+        return self._log.read()
+
+    def stop(self) -> None:
+        """Kill it, if it still runs, and let go of its output."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
+        self._log.close()
 
     @property
     def rss_kib(self) -> int:
@@ -288,8 +301,4 @@ def spawn() -> Iterator[Callable[..., Process]]:
 
     yield start
     for process in processes:
-        if process.popen.poll() is None:
-            process.popen.kill()
-        process.popen.wait(10)
-        if process.popen.stdout is not None:
-            process.popen.stdout.close()
+        process.stop()

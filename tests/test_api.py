@@ -410,3 +410,94 @@ def test_each_error_carries_its_own_answer() -> None:
             assert answer.headers["retry-after"] == str(error.retry_after)
     assert "job" in json.loads(bytes(error_response(errors[3][0]).body))
     assert error_response(errors[8][0]).headers["www-authenticate"].startswith("Bearer")
+
+
+# -- queue placement, rerun, delete, logs --------------------------------------------------
+
+
+async def test_delay_and_priority_are_taken_from_the_query_and_shown(api: Start) -> None:
+    jobs, client = await api()
+    response = await client.post("/api/tasks/count/jobs?delay=30&priority=7", json={"n": 1})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["state"] == "queued" and job["priority"] == 7
+    assert (job["attempt"], job["max_attempts"], job["schedule"]) == (1, 1, None)
+    assert job["run_at"] > job["created_at"]  # ISO 8601 in UTC sorts as time does
+    later = await client.post("/api/tasks/count/jobs", params={"run_at": "2099-01-01T00:00:00Z"})
+    assert later.json()["run_at"] == "2099-01-01T00:00:00+00:00"
+    soon = (await client.post("/api/tasks/count/jobs", params={"delay": 3600})).json()
+    shown = (await client.get(f"/api/jobs/{soon['id']}")).json()
+    assert shown["state"] == "queued" and shown["run_at"] == soon["run_at"]
+    assert jobs.runner.get(soon["id"]).state is JobState.QUEUED
+
+
+@pytest.mark.parametrize(
+    ("query", "names"),
+    [
+        ({"delay": "-1"}, "delay"),
+        ({"delay": "nan"}, "delay"),
+        ({"delay": "1e999"}, "delay"),
+        ({"delay": "soon"}, "delay"),
+        ({"run_at": "2030-01-01T00:00:00"}, "run_at"),  # no offset: ambiguous
+        ({"run_at": "tomorrow"}, "run_at"),
+        ({"run_at": "2030-01-01T00:00:00Z", "delay": "5"}, "run_at"),
+        ({"priority": "1.5"}, "priority"),
+        ({"priority": "10000000"}, "priority"),
+    ],
+)
+async def test_bad_placement_is_a_422_naming_the_parameter_and_makes_no_job(
+    api: Start, query: dict[str, str], names: str
+) -> None:
+    jobs, client = await api()
+    response = await client.post("/api/tasks/count/jobs", params=query, json={"n": 1})
+    assert response.status_code == 422, response.text
+    assert names in json.dumps(response.json()["detail"])
+    assert jobs.runner.jobs == {}
+
+
+async def test_rerun_answers_202_with_the_new_job_and_404_for_an_unknown_one(api: Start) -> None:
+    jobs, client = await api()
+    first = await start(client, "count", n=3)
+    await wait_job(jobs, first["id"])
+    response = await client.post(f"/api/jobs/{first['id']}/rerun")
+    assert response.status_code == 202, response.text
+    again = response.json()
+    assert response.headers["location"] == f"/api/jobs/{again['id']}"
+    assert again["id"] != first["id"] and again["params"] == {"n": 3}
+    assert (await wait_job(jobs, again["id"])).result == 3
+    assert (await client.post("/api/jobs/nope/rerun")).status_code == 404
+
+
+async def test_delete_answers_204_then_404_and_409_while_the_job_runs(api: Start) -> None:
+    jobs, client = await api()
+    done = await start(client, "count", n=1)
+    await wait_job(jobs, done["id"])
+    busy = await start(client, "hold", name="delete-me")
+
+    refused = await client.delete(f"/api/jobs/{busy['id']}")
+    assert refused.status_code == 409 and "cancel it first" in refused.json()["detail"]
+    response = await client.delete(f"/api/jobs/{done['id']}")
+    assert response.status_code == 204 and response.content == b""
+    assert (await client.get(f"/api/jobs/{done['id']}")).status_code == 404
+    assert (await client.delete(f"/api/jobs/{done['id']}")).status_code == 404
+    listed = [job["id"] for job in (await client.get("/api/jobs")).json()]
+    assert done["id"] not in listed and busy["id"] in listed
+    gate("delete-me").set()
+
+
+async def test_logs_page_through_a_jobs_lines_with_their_ids(api: Start) -> None:
+    jobs, client = await api()
+    job = await start(client, "shout", lines=25)
+    await wait_job(jobs, job["id"])
+    response = await client.get(f"/api/jobs/{job['id']}/logs")
+    assert response.status_code == 200
+    lines = response.json()
+    assert [line["line"] for line in lines] == [f"line {i}" for i in range(25)]
+    page = (
+        await client.get(
+            f"/api/jobs/{job['id']}/logs", params={"after": lines[9]["id"], "limit": 3}
+        )
+    ).json()
+    assert [line["line"] for line in page] == ["line 10", "line 11", "line 12"]
+    assert (await client.get("/api/jobs/nope/logs")).status_code == 404
+    assert (await client.get(f"/api/jobs/{job['id']}/logs?limit=0")).status_code == 422

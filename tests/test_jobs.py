@@ -180,8 +180,58 @@ def test_snapshot_of_a_running_job() -> None:
         "finished_at": None,
         "result": None,
         "error": None,
+        "attempt": 1,
+        "max_attempts": 1,
+        "run_at": None,
+        "priority": 0,
+        "schedule": None,
+        "cancelling": False,
     }
     assert json.loads(json.dumps(snapshot)) == snapshot
+
+
+def test_a_job_read_back_from_its_snapshot_keeps_its_queue_fields() -> None:
+    created = CREATED.timestamp()
+    job = Job(
+        task="t",
+        params={},
+        created_at=created,
+        attempt=2,
+        max_attempts=4,
+        run_at=created + 30,
+        priority=-5,
+        schedule="nightly",
+        cancelling=True,
+    )
+
+    again = Job.from_snapshot(job.snapshot())
+
+    assert again.snapshot() == job.snapshot()
+    assert again.order == job.order
+
+
+def test_a_snapshot_stored_before_the_queue_fields_reads_with_their_defaults() -> None:
+    snapshot = Job(task="t", params={}, created_at=CREATED.timestamp()).snapshot()
+    for key in ("attempt", "max_attempts", "run_at", "priority", "schedule", "cancelling"):
+        del snapshot[key]
+
+    job = Job.from_snapshot(snapshot)
+
+    assert (job.attempt, job.max_attempts, job.run_at, job.priority) == (1, 1, None, 0)
+    assert (job.schedule, job.cancelling) == (None, False)
+
+
+def test_the_queue_order_is_priority_first_then_age() -> None:
+    created = CREATED.timestamp()
+    old_low = Job(task="t", params={}, created_at=created, priority=0)
+    new_low = Job(task="t", params={}, created_at=created + 1, priority=0)
+    new_high = Job(task="t", params={}, created_at=created + 2, priority=3)
+    negative = Job(task="t", params={}, created_at=created - 5, priority=-1)
+    top = Job(task="t", params={}, created_at=created + 9, priority=1_000_000)
+
+    ordered = sorted([negative, new_low, top, old_low, new_high], key=lambda job: job.order)
+
+    assert ordered == [top, new_high, old_low, new_low, negative]
 
 
 def test_snapshot_times_are_iso_8601_in_utc() -> None:

@@ -203,6 +203,7 @@ def test_info_lists_what_get_api_tasks_shows() -> None:
         "max_concurrency": 2,
         "timeout": 60,
         "duplicates": "allow",
+        "retries": 0,
     }
 
 

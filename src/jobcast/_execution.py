@@ -56,6 +56,8 @@ class Outcome:
     state: JobState
     result: Any = None
     error: JobError | None = None
+    #: What the task raised (a timeout: a ``TimeoutError``): what a retry is decided on.
+    cause: BaseException | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -135,6 +137,9 @@ class Execution:
             return False
         if failure is not None:
             run.failure = failure
+        elif not run.job.cancelling:
+            run.job.cancelling = True  # clients see it until the job ends
+            self._publisher.state(run.job, "progress")
         run.ctx.cancel()
         return True
 
@@ -220,15 +225,16 @@ class Execution:
             return self._stopped(run)
         except TaskError as exc:
             self._log_failure(run, exc)
-            return Outcome(JobState.FAILED, error=JobError.from_exception(exc))
+            return Outcome(JobState.FAILED, error=JobError.from_exception(exc), cause=exc)
         except Exception as exc:
             logger.error("job %s (task %s) failed", run.job.id, task.name, exc_info=exc)
-            return Outcome(JobState.FAILED, error=JobError.from_exception(exc))
+            return Outcome(JobState.FAILED, error=JobError.from_exception(exc), cause=exc)
         if deadline.cancelled_caught:
             ctx.cancel()  # a cooperative task stops; one that does not is abandoned
             message = f"task {task.name!r} ran past its timeout of {task.timeout:g} s"
             logger.warning("job %s (task %s) failed: %s", run.job.id, task.name, message)
-            return Outcome(JobState.FAILED, error=JobError("TimeoutError", message))
+            timeout = TimeoutError(message)
+            return Outcome(JobState.FAILED, error=JobError.from_exception(timeout), cause=timeout)
         if ctx.cancelled:
             return self._stopped(run)
         return self._succeeded(task, result)
@@ -354,8 +360,10 @@ def finish(job: Job, outcome: Outcome, *, at: float | None = None) -> None:
     job.result = outcome.result
     job.error = outcome.error
     job.finished_at = now() if at is None else at
+    job.cancelling = False
 
 
-def requeue(job: Job) -> None:
-    """Put a job that was running back to ``queued``, to run from the start."""
+def requeue(job: Job, *, run_at: float | None = None) -> None:
+    """Put a job that was running back to ``queued``, to run from the start (at ``run_at``)."""
     job.state, job.started_at, job.progress = JobState.QUEUED, None, None
+    job.run_at, job.cancelling = run_at, False

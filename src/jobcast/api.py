@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, ClassVar
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.datastructures import Default, DefaultPlaceholder
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
+from pydantic import AwareDatetime, ValidationError
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
@@ -19,13 +20,15 @@ from starlette.types import Message, Receive, Scope, Send
 from . import stream
 from ._limits import ParamsProblem, StreamSlots, check_params, client_key, too_deep
 from .exceptions import JobcastError
-from .jobs import JobState
+from .jobs import MAX_PRIORITY, JobState
+from .lifecycle import Placement
 from .policy import Policy
 from .responses import SafeJSONResponse, error_response, validation_response
-from .schemas import DuplicateOut, ErrorOut, JobOut, TaskOut
+from .schemas import DuplicateOut, ErrorOut, JobOut, LogLineOut, TaskOut
 from .security import Guard
 from .service import Service, service_of
 from .settings import Settings
+from .table import Submitted
 from .tasks import Task
 
 __all__ = ["build_router"]
@@ -162,15 +165,54 @@ _STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _submit(runner: Service, request: Request, task: str, params: object) -> SafeJSONResponse:
-    """202 and the new job; 200 and the existing one when the task joins duplicates."""
+#: The longest a job may be put off: a year.
+MAX_DELAY = 366 * 86_400.0
+
+
+def _placement(
+    delay: Annotated[
+        float | None,
+        Query(ge=0, le=MAX_DELAY, description="seconds the job waits before it may run"),
+    ] = None,
+    run_at: Annotated[
+        AwareDatetime | None,
+        Query(description="when the job may run: ISO 8601 with its offset (`Z`, `%2B02:00`)"),
+    ] = None,
+    priority: Annotated[
+        int,
+        Query(
+            ge=-MAX_PRIORITY,
+            le=MAX_PRIORITY,
+            description="higher runs first; first in, first out within a priority",
+        ),
+    ] = 0,
+) -> Placement:
+    """Where a new job stands in the queue, from the query string."""
+    at = None if delay is None else time.time() + delay
+    if run_at is not None:
+        if delay is not None:
+            _refuse_query("run_at", "give either delay or run_at, not both", run_at.isoformat())
+        at = run_at.timestamp()
+    return {"run_at": at, "priority": priority}
+
+
+def _refuse_query(name: str, message: str, value: str) -> None:
+    error = {"type": "value_error", "loc": ("query", name), "msg": message, "input": value}
+    raise RequestValidationError([error])
+
+
+async def _submit(
+    runner: Service, request: Request, start: Callable[[], Awaitable[Submitted]]
+) -> SafeJSONResponse:
+    """Start a job, counted against the client's rate: 202 and the new job; 200 and the
+    existing one when the task joins duplicates."""
     client = client_key(request.scope)
     # Taken before the submit awaits, so concurrent requests cannot all pass the check;
     # given back when no job was made.
     await runner.rate.take(client)
     created = False
     try:
-        job, created = await runner.submit(task, params)
+        job, created = await start()
     except ValidationError as exc:
         errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         raise RequestValidationError(errors) from exc
@@ -184,6 +226,13 @@ async def _submit(runner: Service, request: Request, task: str, params: object) 
     )
 
 
+async def _start(
+    request: Request, task: str, params: object, placement: Placement
+) -> SafeJSONResponse:
+    runner = service_of(request.scope)
+    return await _submit(runner, request, lambda: runner.submit(task, params, **placement))
+
+
 def _typed_endpoint(task: Task) -> Callable[..., Coroutine[Any, Any, Response]]:
     """An endpoint whose body is ``task``'s params model, so /docs shows its form.
 
@@ -192,9 +241,9 @@ def _typed_endpoint(task: Task) -> Callable[..., Coroutine[Any, Any, Response]]:
     """
     required = any(field.is_required() for field in task.params_model.model_fields.values())
 
-    async def start_job(request: Request, params: Any = None) -> Response:
+    async def start_job(request: Request, params: Any = None, placement: Any = None) -> Response:
         values = params.model_dump() if params is not None else {}
-        return await _submit(service_of(request.scope), request, task.name, values)
+        return await _start(request, task.name, values, placement)
 
     default = Body(...) if required else Body(None)
     start_job.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -207,6 +256,12 @@ def _typed_endpoint(task: Task) -> Callable[..., Coroutine[Any, Any, Response]]:
                 inspect.Parameter.POSITIONAL_OR_KEYWORD,
                 annotation=task.params_model,
                 default=default,
+            ),
+            inspect.Parameter(
+                "placement",
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=dict[str, Any],
+                default=Depends(_placement),
             ),
         ]
     )
@@ -282,13 +337,17 @@ def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots)
         tags=["jobs"],
     )
     async def start_job(
-        request: Request, task: str, params: Annotated[dict[str, Any] | None, Body()] = None
+        request: Request,
+        task: str,
+        placement: Annotated[Placement, Depends(_placement)],
+        params: Annotated[dict[str, Any] | None, Body()] = None,
     ) -> Response:
         """Start a job of any task; the body is the task's params object.
 
-        Answers 202 with the job and its `Location`.
+        Answers 202 with the job and its `Location`. `delay` or `run_at` keep it queued
+        until then; `priority` puts it ahead of lower ones.
         """
-        return await _submit(service_of(request.scope), request, task, params or {})
+        return await _start(request, task, params or {}, placement)
 
     @reads.get("/api/jobs", response_model=list[JobOut], responses=_ERRORS, tags=["jobs"])
     async def list_jobs(
@@ -324,6 +383,52 @@ def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots)
         """Cancel a queued job, or ask a running one to stop. 409 once it has finished."""
         job = await service_of(request.scope).cancel(job_id)
         return SafeJSONResponse(job.snapshot(), status_code=202)
+
+    @writes.post(
+        "/api/jobs/{job_id}/rerun",
+        status_code=202,
+        response_model=JobOut,
+        responses={**_ERRORS, **_START_ERRORS},
+        tags=["jobs"],
+    )
+    async def rerun_job(request: Request, job_id: str) -> Response:
+        """Start a new job of the same task with the same params (and priority) as this one.
+
+        Answers 202 with the new job and its `Location`.
+        """
+        runner = service_of(request.scope)
+        return await _submit(runner, request, lambda: runner.rerun(job_id))
+
+    @writes.delete(
+        "/api/jobs/{job_id}",
+        status_code=204,
+        response_class=Response,
+        responses={**_ERRORS, 409: {"model": ErrorOut}},
+        tags=["jobs"],
+    )
+    async def delete_job(request: Request, job_id: str) -> Response:
+        """Remove a finished job and its events; 409 while it is queued or running. Streams
+        tell of it with a `deleted` event."""
+        await service_of(request.scope).delete(job_id)
+        return Response(status_code=204)
+
+    @reads.get(
+        "/api/jobs/{job_id}/logs",
+        response_model=list[LogLineOut],
+        responses=_ERRORS,
+        tags=["jobs"],
+    )
+    async def job_logs(
+        request: Request,
+        job_id: str,
+        after: Annotated[int, Query(ge=0, description="the id of the last line you have")] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> Response:
+        """The job's log lines as kept (its whole retained history), oldest first, each with
+        its event id; page on with `after` set to the last id."""
+        current = service_of(request.scope)
+        lines = await current.logs(job_id, after=after, limit=limit)
+        return SafeJSONResponse(lines)
 
     job_stream_responses: dict[int | str, dict[str, Any]] = {
         **_ERRORS,

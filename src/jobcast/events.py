@@ -10,7 +10,7 @@ from typing import Any
 from ._wire import REPLACEMENT, SURROGATE, clean, safe_text
 from .jobs import TERMINAL_STATES
 
-__all__ = ["Event", "encode_frame", "encode_json", "encode_json_bytes"]
+__all__ = ["Event", "encode_frame", "encode_json", "encode_json_bytes", "job_payload"]
 
 logger = logging.getLogger("jobcast")
 
@@ -46,6 +46,19 @@ def _utf8(text: str) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         return SURROGATE.sub(REPLACEMENT, text).encode()
+
+
+def job_payload(name: str, snapshot: dict[str, Any]) -> dict[str, Any]:
+    """What the event ``name`` about a job carries: its snapshot; a ``retrying`` event also
+    the failed attempt's error, the next attempt and when it runs (as its snapshot says)."""
+    if name == "retrying":
+        return {
+            "job": snapshot,
+            "error": snapshot["error"],
+            "attempt": snapshot["attempt"],
+            "run_at": snapshot["run_at"],
+        }
+    return {"job": snapshot}
 
 
 def encode_frame(name: str, data: dict[str, Any], seq: int | None = None) -> bytes:
@@ -90,6 +103,12 @@ class Event:
         data = f"{head},{rest}" if rest != "}" else f"{head}}}"
         frame = _utf8(f"id: {seq}\nevent: {name}\ndata: {data}\n\n")
         return cls(seq, ts, name, job_id, task, frame)
+
+    def data(self) -> dict[str, Any]:
+        """The payload, as sent (``seq`` and ``ts`` included)."""
+        _, _, data = self.frame.partition(b"\ndata: ")
+        payload: dict[str, Any] = json.loads(data)
+        return payload
 
     @property
     def terminal(self) -> bool:

@@ -6,6 +6,7 @@ __all__ = [
     "BackendUnavailable",
     "CrossOrigin",
     "DuplicateJob",
+    "JobActive",
     "JobCancelled",
     "JobFinished",
     "JobcastError",
@@ -103,6 +104,20 @@ class JobFinished(JobcastError):
         self.state = state
         super().__init__(
             f"job {job_id!r} already finished as {state!r}; there is nothing to cancel"
+        )
+
+
+class JobActive(JobcastError):
+    """Raised when deleting a job that is still queued or running."""
+
+    status_code = 409
+
+    def __init__(self, job_id: str, state: str) -> None:
+        self.job_id = job_id
+        self.state = state
+        super().__init__(
+            f"job {_shown(job_id)} is {state}; cancel it first (POST /api/jobs/{job_id}/cancel), "
+            "then delete it once it has ended"
         )
 
 

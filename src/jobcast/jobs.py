@@ -12,7 +12,16 @@ from typing import Any
 from ._wire import describe
 from .exceptions import TaskError
 
-__all__ = ["TERMINAL_STATES", "Job", "JobError", "JobState", "Progress", "ProgressMeter", "now"]
+__all__ = [
+    "MAX_PRIORITY",
+    "TERMINAL_STATES",
+    "Job",
+    "JobError",
+    "JobState",
+    "Progress",
+    "ProgressMeter",
+    "now",
+]
 
 
 class JobState(StrEnum):
@@ -164,6 +173,23 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+#: Priorities run from ``-MAX_PRIORITY`` to ``MAX_PRIORITY``; higher runs first.
+MAX_PRIORITY = 1_000_000
+
+#: What a change to a job may change of it (the rest is fixed when it is made).
+CHANGING = (
+    "state",
+    "progress",
+    "started_at",
+    "finished_at",
+    "result",
+    "error",
+    "attempt",
+    "run_at",
+    "cancelling",
+)
+
+
 @dataclass(slots=True, eq=False)
 class Job:
     """A single run of a task. Mutated only on the event loop, by the runner."""
@@ -178,6 +204,14 @@ class Job:
     finished_at: float | None = None
     result: Any = None
     error: JobError | None = None
+    #: The attempt that runs, or ran last (1-based), and how many its task allows.
+    attempt: int = 1
+    max_attempts: int = 1
+    #: When a queued job becomes runnable (a delay, or a retry's wait); None: at once.
+    run_at: float | None = None
+    priority: int = 0  # higher runs first; first in, first out within a priority
+    schedule: str | None = None  # the name of the schedule that started it
+    cancelling: bool = False  # asked to stop, not ended yet
     first_seq: int = 0  # sequence number of the job's first event
     last_seq: int = 0  # sequence number of the job's newest state or progress event
     updated_at: float = 0.0  # when its newest state or progress event happened
@@ -188,6 +222,18 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def order(self) -> str:
+        """Where the job stands in the queue, as text that sorts as the queue runs: higher
+        priority first, then the older job (a job queued again keeps its place)."""
+        created_us = round(self.created_at * 1_000_000)
+        return f"{MAX_PRIORITY - self.priority:07d}:{created_us:017d}:{self.id}"
+
+    def update(self, other: Job) -> None:
+        """Take what may change of a job from ``other``, the same job as it is now."""
+        for name in CHANGING:
+            setattr(self, name, getattr(other, name))
 
     @classmethod
     def from_snapshot(cls, data: dict[str, Any]) -> Job:
@@ -212,6 +258,13 @@ class Job:
             finished_at=_from_iso(data["finished_at"]),
             result=data["result"],
             error=None if error is None else JobError(error["type"], error["message"]),
+            # Absent from the snapshots stored before jobs had them.
+            attempt=data.get("attempt", 1),
+            max_attempts=data.get("max_attempts", 1),
+            run_at=_from_iso(data.get("run_at")),
+            priority=data.get("priority", 0),
+            schedule=data.get("schedule"),
+            cancelling=data.get("cancelling", False),
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -227,4 +280,10 @@ class Job:
             "finished_at": _iso(self.finished_at),
             "result": self.result,
             "error": None if self.error is None else self.error.to_dict(),
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "run_at": _iso(self.run_at),
+            "priority": self.priority,
+            "schedule": self.schedule,
+            "cancelling": self.cancelling,
         }

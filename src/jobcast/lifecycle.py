@@ -14,19 +14,30 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from ._execution import Outcome, finish, requeue
 from .backends.base import Backend, Refused
-from .exceptions import DuplicateJob, JobFinished, NotAccepting, QueueFull
+from .exceptions import DuplicateJob, JobActive, JobFinished, NotAccepting, QueueFull
 from .jobs import Job, JobError, JobState, now
 from .settings import Settings
 from .table import Submitted
 from .tasks import Task, TaskRegistry
 
-__all__ = ["Lifecycle", "twin_key"]
+__all__ = ["Lifecycle", "Placement", "twin_key"]
 
 logger = logging.getLogger("jobcast")
+
+
+class Placement(TypedDict, total=False):
+    """Where a new job stands in the queue, and where it comes from."""
+
+    #: Not before this time (Unix seconds); a time past is at once.
+    run_at: float | None
+    #: Higher runs first (from ``-MAX_PRIORITY`` to ``MAX_PRIORITY``); 0 by default.
+    priority: int
+    #: The name of the schedule that starts it.
+    schedule: str | None
 
 
 def twin_key(task: Task, params: dict[str, Any]) -> str:
@@ -38,6 +49,17 @@ def twin_key(task: Task, params: dict[str, Any]) -> str:
     return f"{task.name}:{digest}"
 
 
+def _retried(task: Task, job: Job, outcome: Outcome) -> bool:
+    """Whether a failed attempt of ``job`` runs again: it has attempts left, and what it
+    raised is one its task retries on (a cancel, or a failure of jobcast's own, never is)."""
+    return (
+        outcome.state is JobState.FAILED
+        and outcome.cause is not None
+        and job.attempt < job.max_attempts
+        and task.retries_on(outcome.cause)
+    )
+
+
 class Lifecycle:
     """Every transition of a job, over one backend."""
 
@@ -47,8 +69,13 @@ class Lifecycle:
         self.backend = backend
         self.accepting = True
 
-    async def submit(self, task_name: str, params: object) -> Submitted:
+    async def submit(
+        self, task_name: str, params: object, **placement: Unpack[Placement]
+    ) -> Submitted:
         """Validate ``params`` and queue a job of ``task_name``; answer once it is stored.
+
+        It runs in its turn (``priority`` first, then age), not before ``run_at`` if given;
+        ``schedule`` names the schedule that starts it.
 
         A task that joins duplicates hands back the equal job already queued or running.
         Raises :class:`~jobcast.UnknownTask`, pydantic's ``ValidationError``,
@@ -60,7 +87,16 @@ class Lifecycle:
             raise NotAccepting("the server is shutting down")
         task = self.registry.get(task_name)
         values = task.validate(params)
-        job = Job(task=task.name, params=values, created_at=now())
+        run_at, created = placement.get("run_at"), now()
+        job = Job(
+            task=task.name,
+            params=values,
+            created_at=created,
+            max_attempts=task.retries + 1,
+            run_at=run_at if run_at is not None and run_at > created else None,
+            priority=placement.get("priority", 0),
+            schedule=placement.get("schedule"),
+        )
         try:
             await self.backend.admit(job, twin=twin_key(task, values))
         except Refused as refused:
@@ -78,13 +114,14 @@ class Lifecycle:
         """Mark ``job`` running on ``worker``; whether it is still queued and so its to run."""
         started = copy.copy(job)
         started.state, started.started_at = JobState.RUNNING, now()
+        started.run_at, started.error = None, None  # the error of an attempt before
         try:
             await self.backend.change(
                 started, JobState.RUNNING.value, expect_state=JobState.QUEUED, hand_to=worker
             )
         except Refused:
             return False  # cancelled meanwhile, or taken by another worker
-        job.state, job.started_at = started.state, started.started_at
+        job.update(started)
         return True
 
     async def end(
@@ -94,10 +131,17 @@ class Lifecycle:
         stopping worker interrupted runs again from the start if its task says so and the
         backend keeps queued jobs."""
         task = self.registry.get(job.task) if job.task in self.registry else None
-        retry = task is not None and task.retry_on_restart and self.backend.durable
+        durable = self.backend.durable
         try:
-            if stopping and retry and outcome.state is JobState.INTERRUPTED:
+            if (
+                stopping
+                and durable
+                and self._retries(job)
+                and outcome.state is JobState.INTERRUPTED
+            ):
                 await self._requeue(job, worker, f"{who} is stopping")
+            elif task is not None and (durable or not stopping) and _retried(task, job, outcome):
+                await self._retry(task, job, outcome, worker)
             else:
                 ended = copy.copy(job)
                 finish(ended, outcome)
@@ -163,6 +207,33 @@ class Lifecycle:
                     raise JobFinished(job.id, "finished") from None
                 # A worker started it meanwhile: ask that worker.
         await self.backend.ask_to_stop(job)
+
+    async def delete(self, job: Job) -> None:
+        """Remove a finished ``job`` and its events; streams tell of it with ``deleted``.
+
+        Raises :class:`~jobcast.JobActive` while it is queued or running.
+        """
+        if not job.finished:
+            raise JobActive(job.id, job.state.value)
+        try:
+            await self.backend.delete(job)
+        except Refused as refused:
+            if refused.reason != "gone":
+                raise JobActive(job.id, refused.reason) from None
+
+    async def _retry(self, task: Task, job: Job, outcome: Outcome, worker: str) -> None:
+        """Queue ``job`` again for its next attempt, after its task's wait."""
+        wait = task.retry_wait(job.attempt)
+        error = outcome.error or JobError("Error", "the attempt failed")
+        line = (
+            f"attempt {job.attempt} of {job.max_attempts} failed ({error.type}: "
+            f"{error.message[:200]}); attempt {job.attempt + 1} runs in {wait:g} s"
+        )
+        await self.backend.lines(job, [line], owner=worker)
+        again = copy.copy(job)
+        requeue(again, run_at=now() + wait)
+        again.attempt, again.error = job.attempt + 1, error
+        await self.backend.change(again, "retrying", owner=worker, hand_to="", enqueue=True)
 
     async def _requeue(self, job: Job, worker: str, reason: str) -> None:
         # The line first: once queued, a worker may start the job at once.

@@ -9,7 +9,7 @@ task does into events, the event log numbers and encodes them, and the streams r
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Unpack
 
 import anyio
 from anyio.abc import TaskGroup
@@ -19,6 +19,7 @@ from ._limits import JobRate
 from .backends.local import STORED_WITHIN, LocalBackend
 from .eventlog import EventLog
 from .jobs import Job, JobError, JobState
+from .lifecycle import Placement
 from .service import Service
 from .settings import Settings
 from .store import Store
@@ -57,9 +58,11 @@ class Runner(Service):
         """How many jobs run and wait; ``problem`` when the store cannot write."""
         return {"running": len(self.worker.runs), **await self.backend.health()}
 
-    async def submit(self, task_name: str, params: object) -> Submitted:
+    async def submit(
+        self, task_name: str, params: object, **placement: Unpack[Placement]
+    ) -> Submitted:
         """Queue a job and start it when there is room; answer once it is stored."""
-        submitted = await super().submit(task_name, params)
+        submitted = await super().submit(task_name, params, **placement)
         # The worker is in this process: it takes the job now if it has room, so the answer
         # already shows the job running.
         await self.worker.take()

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .jobs import JobState
 
-__all__ = ["DuplicateOut", "ErrorOut", "JobErrorOut", "JobOut", "ProgressOut", "TaskOut"]
+__all__ = [
+    "DuplicateOut",
+    "ErrorOut",
+    "JobErrorOut",
+    "JobOut",
+    "LogLineOut",
+    "ProgressOut",
+    "TaskOut",
+]
 
 
 class ProgressOut(BaseModel):
@@ -39,6 +47,20 @@ class JobOut(BaseModel):
     finished_at: str | None
     result: Any
     error: JobErrorOut | None
+    attempt: int = Field(description="the attempt that runs, or ran last (1-based)")
+    max_attempts: int = Field(description="1 plus the retries its task allows")
+    run_at: str | None = Field(description="when a queued job becomes runnable; null: at once")
+    priority: int = Field(description="higher runs first; first in, first out within one")
+    schedule: str | None = Field(description="the schedule that started it, if one did")
+    cancelling: bool = Field(description="asked to stop, and not ended yet")
+
+
+class LogLineOut(BaseModel):
+    """One line of a job's log."""
+
+    id: int = Field(description="its event id (page on with ?after=)")
+    ts: float = Field(description="when it was logged, in Unix seconds")
+    line: str
 
 
 class TaskOut(BaseModel):
@@ -49,6 +71,7 @@ class TaskOut(BaseModel):
     max_concurrency: int | None
     timeout: float | None
     duplicates: str
+    retries: int = Field(description="how many times a failed job runs again")
 
 
 class ErrorOut(BaseModel):

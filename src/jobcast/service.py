@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 from ._limits import StartRate
 from .backends.base import Backend
+from .events import Event
 from .exceptions import NotAccepting
 from .jobs import Job, JobState
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, Placement
 from .settings import Settings
 from .table import Submitted
 from .tasks import TaskRegistry
@@ -70,15 +71,60 @@ class Service:
         after a bounded wait); at once when there is nowhere else."""
         await self.backend.catch_up(seq)
 
+    async def history(
+        self, job: Job, *, after: int = 0, limit: int = 1000, names: tuple[str, ...] = ()
+    ) -> list[Event]:
+        """The events of ``job`` after ``after``, oldest first, ``limit`` at most, only
+        ``names`` if given: from the event log, and before what it still holds from where
+        the backend keeps them (the store, Redis)."""
+        log = self.log
+        after = max(after, job.first_seq - 1)
+        found: list[Event] = []
+        if after + 1 < log.first_seq:
+            kept = await self.backend.history(
+                job, after=after, before=log.first_seq, limit=limit, names=names
+            )
+            found, after = kept, log.first_seq - 1
+        for event in log.iter_after(after):
+            if len(found) >= limit or event.seq > log.visible_seq:
+                break
+            if event.job_id == job.id and (not names or event.name in names):
+                found.append(event)
+        return found
+
+    async def logs(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """The log lines of ``job_id`` after the line ``after``, oldest first, with their
+        event ids. Raises :class:`~jobcast.UnknownJob`."""
+        job = await self.find(job_id)
+        events = await self.history(job, after=after, limit=limit, names=("log",))
+        lines = []
+        for event in events:
+            data = event.data()
+            lines.append({"id": event.seq, "ts": data["ts"], "line": data["line"]})
+        return lines
+
     async def health(self) -> dict[str, Any]:
         """Readings for ``/healthz``; ``problem`` when the service cannot take jobs."""
         return await self.backend.health()
 
     # -- the operations --------------------------------------------------------------------------
 
-    async def submit(self, task_name: str, params: object) -> Submitted:
+    async def submit(
+        self, task_name: str, params: object, **placement: Unpack[Placement]
+    ) -> Submitted:
         """Queue a job (see :meth:`~jobcast.lifecycle.Lifecycle.submit`)."""
-        return await self.lifecycle.submit(task_name, params)
+        return await self.lifecycle.submit(task_name, params, **placement)
+
+    async def rerun(self, job_id: str) -> Submitted:
+        """Queue a new job of the same task, with the same params and priority, as
+        ``job_id``. Raises :class:`~jobcast.UnknownJob`, and what :meth:`submit` raises."""
+        job = await self.find(job_id)
+        return await self.submit(job.task, job.params, priority=job.priority)
+
+    async def delete(self, job_id: str) -> None:
+        """Remove a finished job and its events. Raises :class:`~jobcast.UnknownJob`, or
+        :class:`~jobcast.JobActive` while it is queued or running."""
+        await self.lifecycle.delete(await self.find(job_id))
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once, or ask the worker running it to stop.

@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 from ._limits import check_params
 from ._wire import safe_text
 from .commands import check_template
-from .exceptions import UnknownTask
+from .exceptions import TaskError, UnknownTask
 from .executors import CommandExecutor, Executor, ProcessExecutor, ThreadExecutor
 
 __all__ = [
@@ -32,6 +32,10 @@ __all__ = [
 Mode = Literal["thread", "process"]
 MODES: tuple[str, ...] = typing.get_args(Mode)  # what a function task may ask for
 
+#: The most retries a task may declare, and the longest wait before one (a day).
+MAX_RETRIES = 1000
+MAX_RETRY_WAIT = 86_400.0
+
 #: What starting a job does when one of the same task with equal params is queued or running.
 Duplicates = Literal["allow", "reject", "join"]
 DUPLICATES: tuple[str, ...] = typing.get_args(Duplicates)
@@ -45,6 +49,10 @@ class TaskOptions(TypedDict, total=False):
     timeout: float | None
     duplicates: Duplicates
     retry_on_restart: bool
+    retries: int
+    retry_delay: float
+    backoff: float
+    retry_on: type[BaseException] | tuple[type[BaseException], ...]
 
 
 class FunctionOptions(TaskOptions, total=False):
@@ -77,6 +85,35 @@ class Task:
     timeout: float | None = None
     duplicates: Duplicates = "allow"
     retry_on_restart: bool = False  # run again, rather than end interrupted, after a restart
+    #: A failed attempt runs again, ``retries`` times at most, after ``retry_delay`` seconds
+    #: times ``backoff`` to the power of the retries made before it; only for the exceptions
+    #: in ``retry_on`` (a timeout is a ``TimeoutError``; a program's failure counts as any).
+    retries: int = 0
+    retry_delay: float = 1.0
+    backoff: float = 2.0
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.retry_on, type):  # one class, as a tuple of it
+            object.__setattr__(self, "retry_on", (self.retry_on,))
+
+    def retry_wait(self, attempt: int) -> float:
+        """Seconds between the failure of ``attempt`` (1-based) and the next attempt."""
+        try:
+            return min(self.retry_delay * self.backoff ** (attempt - 1), MAX_RETRY_WAIT)
+        except OverflowError:
+            return MAX_RETRY_WAIT
+
+    def retries_on(self, cause: BaseException) -> bool:
+        """Whether a failure with ``cause`` is one to try again."""
+        if isinstance(cause, TaskError):
+            # Raised in a worker process, or a program that failed: known by its name only.
+            kinds = self.retry_on if isinstance(self.retry_on, tuple) else (self.retry_on,)
+            return any(
+                kind in (Exception, BaseException) or kind.__name__ == cause.type_name
+                for kind in kinds
+            )
+        return isinstance(cause, self.retry_on)
 
     @property
     def mode(self) -> str:
@@ -93,6 +130,7 @@ class Task:
             "max_concurrency": self.max_concurrency,
             "timeout": self.timeout,
             "duplicates": self.duplicates,
+            "retries": self.retries,
         }
 
     def validate(self, params: object) -> dict[str, Any]:
@@ -216,7 +254,8 @@ class TaskRegistry:
         )
         if "description" not in options:
             options["description"] = _describe(func)
-        task = Task(name=name, executor=executor, params_model=params_model(func, name), **options)
+        model = params_model(func, name)
+        task = Task(name=name, executor=executor, params_model=model, **options)
         return self._add(task)
 
     def register_command(
@@ -244,7 +283,8 @@ class TaskRegistry:
         executor = CommandExecutor(
             tuple(argv), cwd, dict(env or {}), frozenset(success_codes) or frozenset({0})
         )
-        task = Task(name=name, executor=executor, params_model=_model(name, fields), **options)
+        model = _model(name, fields)
+        task = Task(name=name, executor=executor, params_model=model, **options)
         return self._add(task)
 
     def _check_name(self, name: str) -> None:
@@ -260,6 +300,22 @@ class TaskRegistry:
             raise ValueError(f"timeout must be positive seconds, got {task.timeout!r}")
         if task.duplicates not in DUPLICATES:
             raise ValueError(f"duplicates must be one of {DUPLICATES}, got {task.duplicates!r}")
+        retries = task.retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a whole number from 0, got {retries!r}")
+        if retries > MAX_RETRIES:
+            raise ValueError(f"retries must be from 0 to {MAX_RETRIES}, got {task.retries!r}")
+        if not 0 <= task.retry_delay <= MAX_RETRY_WAIT:
+            raise ValueError(f"retry_delay must be from 0 to {MAX_RETRY_WAIT:g} seconds")
+        if not 1 <= task.backoff <= 100:
+            raise ValueError(f"backoff must be a factor from 1 to 100, got {task.backoff!r}")
+        kinds = task.retry_on if isinstance(task.retry_on, tuple) else ()
+        if not kinds or not all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in kinds
+        ):
+            raise ValueError(
+                f"retry_on must be a tuple of exception classes, got {task.retry_on!r}"
+            )
         self._tasks[task.name] = task
         return task
 

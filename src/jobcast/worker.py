@@ -52,11 +52,9 @@ class Worker:
         self._backend = backend
         self._lifecycle = lifecycle
         publisher, host = backend.publisher(name), who.removeprefix("the ")
-        # A slot that frees up takes the next job at once, unless claiming waits for work
-        # (then the loop in run() claims, woken by the free slot).
-        freed = self._wake_up if backend.claim_waits else self.take
+        # A slot that frees up takes the next job at once.
         self._execution = Execution(
-            settings, task_group, publisher, self._ended, host=host, on_freed=freed
+            settings, task_group, publisher, self._ended, host=host, on_freed=self.take
         )
         self._held: deque[Job] = deque()  # claimed, waiting for room for their task
         self._wake = anyio.Event()
@@ -81,8 +79,6 @@ class Worker:
         """Take and start jobs as there is room, until :meth:`stop` or :meth:`drain`."""
         while self._taking:
             await self.take()
-            if self._backend.claim_waits and self._free() > 0:
-                continue  # its claim waited for work already
             await self._wake.wait()
             self._wake = anyio.Event()
 
@@ -134,9 +130,6 @@ class Worker:
 
     def _free(self) -> int:
         return self.settings.max_workers - len(self.runs) - len(self._held)
-
-    async def _wake_up(self) -> None:
-        self.wake()
 
     async def _start_held(self) -> None:
         if not self._taking:

@@ -9,14 +9,21 @@ Layout, under a prefix (``jobcast`` by default):
 ``{p}:events``
     the event log, a stream whose entry ids are ``<seq>-0``: SSE ids are global and increasing.
 ``{p}:job:<id>``
-    a hash: ``state``, ``snap`` (the job's snapshot as JSON), ``worker`` (the consumer that
-    runs it), ``twin`` (its duplicate-check key), ``cancel`` (asked to stop).
+    a hash: ``state``, ``snap`` (the job's snapshot as JSON), ``worker`` (the worker that
+    holds it), ``twin`` (its duplicate-check key), ``cancel`` (asked to stop), ``qm`` (its
+    member in the queue: :attr:`~jobcast.jobs.Job.order`).
 ``{p}:jobs``
     a sorted set of job ids by their first event id: the table an API process loads at start.
 ``{p}:waiting``
     the set of queued job ids, whose size the queue limit checks.
-``{p}:queue``
-    the job queue, a stream read by the consumer group ``workers``.
+``{p}:ready``
+    the jobs that may run, a sorted set whose members all score 0, so that they sort as
+    text, as the queue runs: by :attr:`~jobcast.jobs.Job.order` (priority, then age).
+``{p}:later``
+    the queued jobs still waiting for their ``run_at`` (a delay, or a retry's wait), by it.
+``{p}:claimed:<worker>``
+    the ids of the jobs a worker took from the queue (running, or about to): what is taken
+    back when it dies.
 ``{p}:twin:<task>:<digest>``
     the id of the active job of a task that refuses or joins duplicates.
 ``{p}:worker:<name>``
@@ -29,6 +36,8 @@ Layout, under a prefix (``jobcast`` by default):
     a client's token bucket for starting jobs, shared by every API process.
 ``{p}:cancel``
     the pub/sub channel on which cancels reach the workers.
+``{p}:work``
+    the pub/sub channel that tells the workers of jobs put on the queue.
 """
 
 from __future__ import annotations
@@ -46,13 +55,12 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..events import Event, encode_json
+from ..events import Event, encode_json, job_payload
 from ..exceptions import BackendUnavailable, RateLimited
 from ..jobs import Job
 from ..settings import Settings
 
 __all__ = [
-    "GROUP",
     "Change",
     "Keys",
     "Refused",
@@ -61,9 +69,6 @@ __all__ = [
     "connect",
     "decode_event",
 ]
-
-#: The consumer group of the job queue: every worker reads through it.
-GROUP = "workers"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +94,19 @@ class Keys:
         return f"{self.prefix}:waiting"
 
     @property
-    def queue(self) -> str:
-        return f"{self.prefix}:queue"
+    def ready(self) -> str:
+        return f"{self.prefix}:ready"
+
+    @property
+    def later(self) -> str:
+        return f"{self.prefix}:later"
+
+    def claimed(self, worker: str) -> str:
+        return f"{self.prefix}:claimed:{worker}"
+
+    @property
+    def work(self) -> str:
+        return f"{self.prefix}:work"
 
     @property
     def epoch(self) -> str:
@@ -142,12 +158,13 @@ def connect(url: str) -> Redis:
 # job another worker now owns; nothing is ever published for a finished job.
 _CHANGE = """
 local TERMINAL = {succeeded=true, failed=true, cancelled=true, interrupted=true}
-local seq_key, events, job, waiting, jobs, queue, twin = unpack(KEYS)
+local seq_key, events, job, waiting, jobs, ready, twin, later, work = unpack(KEYS)
 local id, task, name, ts, data, state, snap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
     ARGV[6], ARGV[7]
 local expect_state, expect_worker, set_worker, enqueue = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-local max_events, retain_s, create, max_queue, prefix = ARGV[12], ARGV[13], ARGV[14],
-    ARGV[15], ARGV[16]
+local max_events, retain_s, create, max_queue, prefix, run_at = ARGV[12], ARGV[13],
+    ARGV[14], ARGV[15], ARGV[16], ARGV[17]
+local remove = ARGV[18] == '1'  -- a finished job is deleted: the one change it may take
 
 local current = redis.call('HMGET', job, 'state', 'worker')
 if create == '1' then
@@ -161,7 +178,11 @@ if create == '1' then
     if redis.call('SCARD', waiting) >= tonumber(max_queue) then return {0, 'full'} end
 else
     if not current[1] then return {0, 'gone'} end
-    if TERMINAL[current[1]] then return {0, 'finished'} end
+    if remove then
+        if not TERMINAL[current[1]] then return {0, current[1]} end
+    elseif TERMINAL[current[1]] then
+        return {0, 'finished'}
+    end
     if expect_state ~= '' and current[1] ~= expect_state then return {0, current[1]} end
     if expect_worker ~= '' and current[2] ~= expect_worker then return {0, 'owner'} end
 end
@@ -186,6 +207,11 @@ if state ~= '' then
         redis.call('SADD', waiting, id)
     else
         redis.call('SREM', waiting, id)
+        local member = redis.call('HGET', job, 'qm')
+        if member then
+            redis.call('ZREM', ready, member)
+            redis.call('ZREM', later, member)
+        end
     end
     if TERMINAL[state] then
         local mine = redis.call('HGET', job, 'twin')
@@ -194,10 +220,59 @@ if state ~= '' then
         redis.call('EXPIRE', job, retain_s)
     end
 end
+if remove then
+    redis.call('DEL', job)
+    redis.call('ZREM', jobs, id)
+end
 if enqueue ~= '' then
-    redis.call('XADD', queue, '*', 'j', id, 's', enqueue)
+    redis.call('HSET', job, 'qm', enqueue)
+    if run_at ~= '' then
+        redis.call('ZADD', later, run_at, enqueue)
+    else
+        redis.call('ZADD', ready, 0, enqueue)
+    end
+    redis.call('PUBLISH', work, '1')
 end
 return {1, seq}
+"""
+
+# Takes up to n jobs for a worker: first the waiting jobs whose time has come become ready;
+# then the first n ready ones are the worker's, noted in its claimed set (a job no longer
+# queued, cancelled meanwhile, is dropped). Answers the snapshots of the jobs taken.
+_CLAIM = """
+local ready, later, claimed = KEYS[1], KEYS[2], KEYS[3]
+local n, prefix = tonumber(ARGV[1]), ARGV[2]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', later, '-inf', now, 'LIMIT', 0, 1000)) do
+    redis.call('ZREM', later, member)
+    redis.call('ZADD', ready, 0, member)
+end
+local taken = {}
+for _, member in ipairs(redis.call('ZRANGE', ready, 0, n - 1)) do
+    redis.call('ZREM', ready, member)
+    local id = string.match(member, '([^:]+)$')
+    local record = redis.call('HMGET', prefix .. ':job:' .. id, 'state', 'snap')
+    if record[1] == 'queued' then
+        redis.call('SADD', claimed, id)
+        table.insert(taken, record[2])
+    end
+end
+return taken
+"""
+
+# Gives back a job a worker took: back on the queue if it is still queued (it never
+# started); once only, since only one caller removes it from the claimed set.
+_UNCLAIM = """
+local claimed, ready, job, work = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if redis.call('SREM', claimed, ARGV[1]) == 0 then return 0 end
+local record = redis.call('HMGET', job, 'state', 'qm')
+if record[1] == 'queued' and record[2] then
+    redis.call('ZADD', ready, 0, record[2])
+    redis.call('PUBLISH', work, '1')
+    return 1
+end
+return 0
 """
 
 # Starts a fresh deployment's ids from the clock, as the change script would.
@@ -285,17 +360,33 @@ class Change:
     expect_state: str = ""
     expect_worker: str = ""
     set_worker: str | None = None
-    enqueue: bool = False
+    enqueue: str = ""  # the job's member in the queue (its order), to queue it
+    run_at: float | None = None  # when it may run, if not at once
     create: bool = False
     twin: str = ""
+    remove: bool = False  # delete the job (finished), after publishing the event
 
     @classmethod
-    def of(cls, job: Job, name: str, **checks: Any) -> Change:
-        """Event ``name`` with the job's snapshot as it is now."""
-        snapshot = encode_json(job.snapshot())
+    def of(cls, job: Job, name: str, *, enqueue: bool = False, **checks: Any) -> Change:
+        """Event ``name`` with the job's snapshot as it is now (queued too, if ``enqueue``)."""
+        shown = job.snapshot()
+        snapshot, data = encode_json(shown), encode_json(job_payload(name, shown))
         return cls(
-            job.id, job.task, name, f'{{"job":{snapshot}}}', job.state.value, snapshot, **checks
+            job.id,
+            job.task,
+            name,
+            data,
+            job.state.value,
+            snapshot,
+            enqueue=job.order if enqueue else "",
+            run_at=job.run_at if enqueue else None,
+            **checks,
         )
+
+    @classmethod
+    def deleted(cls, job: Job) -> Change:
+        """A ``deleted`` event, which removes the finished job's record."""
+        return cls(job.id, job.task, "deleted", encode_json({"job_id": job.id}), remove=True)
 
     @classmethod
     def line(cls, job: Job, line: str) -> Change:
@@ -313,6 +404,8 @@ class Scripts:
         self.keys = keys
         self._limits = (str(max_events), str(retain_s), str(max_queue))
         self._change: AsyncScript = redis.register_script(_CHANGE)
+        self._claim: AsyncScript = redis.register_script(_CLAIM)
+        self._unclaim: AsyncScript = redis.register_script(_UNCLAIM)
         self._init_seq: AsyncScript = redis.register_script(_INIT_SEQ)
 
     @classmethod
@@ -344,8 +437,10 @@ class Scripts:
                 keys.job(change.job_id),
                 keys.waiting,
                 keys.jobs,
-                keys.queue,
+                keys.ready,
                 change.twin,
+                keys.later,
+                keys.work,
             ],
             args=[
                 change.job_id,
@@ -358,16 +453,34 @@ class Scripts:
                 change.expect_state,
                 change.expect_worker,
                 "-" if change.set_worker is None else change.set_worker,
-                change.snapshot if change.enqueue else "",
+                change.enqueue,
                 max_events,
                 retain_s,
                 "1" if change.create else "0",
                 max_queue,
                 keys.prefix,
+                "" if change.run_at is None else repr(change.run_at),
+                "1" if change.remove else "0",
             ],
             client=pipe,
         )
         return self.result(answer) if pipe is None else 0
+
+    async def claim(self, worker: str, n: int) -> list[str]:
+        """Take up to ``n`` jobs off the queue for ``worker``: their snapshots, as JSON."""
+        keys = self.keys
+        answer: list[str] = await self._claim(
+            keys=[keys.ready, keys.later, keys.claimed(worker)], args=[n, keys.prefix]
+        )
+        return answer
+
+    async def unclaim(self, worker: str, job_id: str) -> bool:
+        """Put a job ``worker`` took back on the queue, if it is still queued; whether it was."""
+        keys = self.keys
+        answer = await self._unclaim(
+            keys=[keys.claimed(worker), keys.ready, keys.job(job_id), keys.work], args=[job_id]
+        )
+        return bool(answer)
 
     @staticmethod
     def result(answer: Any) -> int:

@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypedDict, Unpack
 
 from .._execution import Publisher
 from ..eventlog import EventLog
+from ..events import Event
 from ..jobs import Job, JobState
 from ..table import JobTable
 
@@ -56,8 +57,6 @@ class Backend(Protocol):
     log: EventLog
     #: Whether queued jobs outlive the process (and so run after a restart).
     durable: bool
-    #: Whether :meth:`claim` itself waits a little for work (else the backend tells of it).
-    claim_waits: bool
 
     async def admit(self, job: Job, *, twin: str) -> None:
         """Make ``job`` (queued) and queue it, once it is stored; raise :class:`Refused`
@@ -69,8 +68,20 @@ class Backend(Protocol):
         :class:`Refused` when the job has finished or fails the :class:`Checks`."""
         ...
 
+    async def delete(self, job: Job) -> None:
+        """Remove the finished ``job`` and its events, and publish ``deleted``; raise
+        :class:`Refused` (its state) when it has not finished, or (``gone``) when it is gone."""
+        ...
+
     async def lines(self, job: Job, lines: list[str], *, owner: str | None = None) -> None:
         """Publish log lines of ``job`` (held by worker ``owner``, if one)."""
+        ...
+
+    async def history(
+        self, job: Job, *, after: int, before: int, limit: int, names: tuple[str, ...]
+    ) -> list[Event]:
+        """The kept events of ``job`` with ids between ``after`` and ``before`` (both left
+        out), oldest first, ``limit`` at most; only ``names``, if given."""
         ...
 
     def publisher(self, worker: str) -> Publisher:
@@ -78,7 +89,8 @@ class Backend(Protocol):
         ...
 
     async def claim(self, worker: str, n: int, room: Room) -> list[Job]:
-        """Take up to ``n`` queued jobs for ``worker``, oldest first, where it has room."""
+        """Take up to ``n`` queued jobs for ``worker`` that may run now, in the queue's
+        order (priority, then age), where it has room."""
         ...
 
     async def release(self, job: Job) -> None:
@@ -96,7 +108,8 @@ class Backend(Protocol):
     def listen(
         self, worker: str, *, on_cancel: Callable[[str], None], on_work: Callable[[], None]
     ) -> None:
-        """Tell ``worker`` of the jobs it must stop, and when new work may be there."""
+        """Tell ``worker`` of the jobs it must stop, and when new work may be there (jobs
+        queued, or a waiting job due)."""
         ...
 
     async def find(self, job_id: str) -> Job:

@@ -9,7 +9,9 @@ event, and a new job is answered once stored.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Unpack
@@ -18,19 +20,19 @@ import anyio
 
 from .._execution import Outcome, Publisher, finish
 from ..eventlog import EventLog
+from ..events import Event, job_payload
 from ..exceptions import StoreError, StoreUnavailable
 from ..jobs import Job, JobState
 from ..settings import Settings
 from ..store import ReportsWrites, Store
 from ..table import JobTable
+from ._queue import JobQueue
 from .base import Checks, Refused, Room
 
 __all__ = ["LocalBackend", "LocalPublisher"]
 
 #: Seconds a new job waits for its first event to be stored before it is refused.
 STORED_WITHIN = 10.0
-#: What an update changes of a job.
-_CHANGING = ("state", "progress", "started_at", "finished_at", "result", "error")
 
 
 class LocalPublisher:
@@ -48,7 +50,8 @@ class LocalPublisher:
     def state(self, job: Job, name: str) -> None:
         """Publish ``job``'s snapshot as event ``name``."""
         snapshot = job.snapshot()
-        event = self.log.append(name, job_id=job.id, task=job.task, payload={"job": snapshot})
+        payload = job_payload(name, snapshot)
+        event = self.log.append(name, job_id=job.id, task=job.task, payload=payload)
         if not job.first_seq:
             job.first_seq = event.seq
         job.last_seq, job.updated_at = event.seq, event.ts
@@ -64,6 +67,13 @@ class LocalPublisher:
             payload = {"job_id": job.id, "line": line}
             event = self.log.append("log", job_id=job.id, task=job.task, payload=payload)
             self._store.record(event, job)
+
+    def deleted(self, job: Job) -> None:
+        """Publish that ``job`` is deleted, and drop it and its events from the store."""
+        payload = {"job_id": job.id}
+        event = self.log.append("deleted", job_id=job.id, task=job.task, payload=payload)
+        self._store.record(event, job)
+        self._store.delete(job.id)
 
     def stored(self, seq: int) -> None:
         """The store has written every event up to ``seq``: show what they say."""
@@ -83,10 +93,10 @@ class LocalBackend:
         self.table = JobTable()
         self.table.settings = settings
         self.durable = store.durable
-        self.claim_waits = False
         self._store = store
         self._publisher = LocalPublisher(log, store)
-        self._queue: deque[Job] = deque()
+        self._queue = JobQueue()
+        self._timer: asyncio.TimerHandle | None = None  # wakes the workers when one is due
         self._holders: dict[str, str] = {}  # job id -> the worker that runs it
         self._twins: dict[str, str] = {}  # the duplicate key of an active job -> its id
         self._twin_of: dict[str, str] = {}  # and back
@@ -111,9 +121,8 @@ class LocalBackend:
         if twin:
             self._twins[twin], self._twin_of[job.id] = job.id, twin
         self._publisher.state(job, JobState.QUEUED.value)
-        self._queue.append(job)
+        self._enqueue(job)
         self._evict()
-        self._tell_of_work()
         await self._until_stored(job)
 
     async def change(self, update: Job, name: str, **checks: Unpack[Checks]) -> None:
@@ -133,8 +142,7 @@ class LocalBackend:
         if owner is not None and self._holders.get(job.id) != owner:
             raise Refused("owner")
         if update is not job:
-            for field in _CHANGING:
-                setattr(job, field, getattr(update, field))
+            job.update(update)
         if hand_to is not None:
             if hand_to:
                 self._holders[job.id] = hand_to
@@ -149,12 +157,28 @@ class LocalBackend:
                 del self._twins[twin]
         self._publisher.state(job, name)
         if enqueue:
-            # Ahead of the jobs still waiting: it was started before any of them.
-            self._queue.appendleft(job)
-            self._tell_of_work()
+            self._enqueue(job)
+
+    async def delete(self, job: Job) -> None:
+        known = self.table.jobs.get(job.id)
+        if known is None:
+            raise Refused("gone")
+        if not known.finished:
+            raise Refused(known.state.value)
+        del self.table.jobs[job.id]
+        self._publisher.deleted(known)
 
     async def lines(self, job: Job, lines: list[str], *, owner: str | None = None) -> None:
         self._publisher.lines(job, lines)
+
+    async def history(
+        self, job: Job, *, after: int, before: int, limit: int, names: tuple[str, ...]
+    ) -> list[Event]:
+        # What memory no longer holds may still be on its way to the disk.
+        with anyio.move_on_after(STORED_WITHIN):
+            await self.log.wait_stored(before - 1)
+        kept = await self._store.history(job.id, after=after, limit=limit, names=names)
+        return [event for event in kept if event.seq < before]
 
     def publisher(self, worker: str) -> Publisher:
         return self._publisher
@@ -162,7 +186,7 @@ class LocalBackend:
     async def claim(self, worker: str, n: int, room: Room) -> list[Job]:
         taken: list[Job] = []
         counts: Counter[str] = Counter()
-        for job in self._queue:
+        for job in self._queue.ready(time.time()):
             if len(taken) >= n:
                 break
             if room(job.task, counts[job.task]):
@@ -177,7 +201,7 @@ class LocalBackend:
 
     async def unclaim(self, job: Job) -> None:
         if job.state is JobState.QUEUED and job not in self._queue:
-            self._queue.appendleft(job)
+            self._queue.add(job, time.time())
 
     async def ask_to_stop(self, job: Job) -> None:
         worker = self._holders.get(job.id)
@@ -215,11 +239,12 @@ class LocalBackend:
             self.table.jobs[job.id] = job
             job.shown = job.snapshot()  # it is what the store holds
             if job.state is JobState.QUEUED:
-                self._queue.append(job)
+                self._queue.add(job, time.time())
             elif job.state is JobState.RUNNING:
                 self._holders[job.id] = "the server before its restart"
                 running.append(job)
         self._evict()
+        self._tell_of_work()  # and again when the first waiting job is due
         return running
 
     def holder(self, job_id: str) -> str | None:
@@ -227,12 +252,26 @@ class LocalBackend:
         return self._holders.get(job_id)
 
     def waiting(self) -> list[Job]:
-        """The queued jobs, in the order they run."""
+        """The queued jobs: those that may run, in the order they run, then those waiting."""
         return list(self._queue)
 
+    def _enqueue(self, job: Job) -> None:
+        self._queue.add(job, time.time())
+        self._tell_of_work()
+
     def _tell_of_work(self) -> None:
+        """Wake the workers, and again when the next waiting job is due."""
         for callback in self._on_work:
             callback()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        now = time.time()
+        self._queue.ready(now)  # what is due now waits no more, whether or not it is taken
+        due = self._queue.next_due()
+        if due is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(due - now, self._tell_of_work)
 
     def _store_health(self, problem: StoreError | None) -> None:
         self.store_problem = problem

@@ -4,8 +4,9 @@ every ``jobcast worker``.
 Every step goes through the one change script (:mod:`jobcast.backends._redis`), which makes
 its checks and its change in one atomic step for every process. The event log is a Redis
 stream that each API process follows into its own :class:`~jobcast.eventlog.EventLog` and
-job table; the queue is a stream read by the consumer group of the workers. A worker's own
-steps (progress, lines, its jobs' ends, acknowledgements) go through a buffered
+job table; the queue is two sorted sets (the jobs that may run, in order, and those waiting
+for their time), from which a worker claims with one script. A worker's own
+steps (progress, lines, its jobs' ends, releases) go through a buffered
 :class:`RedisPublisher`, in order, and are held while Redis is down. Workers keep heartbeat
 keys; whatever a worker whose heartbeat expired held is taken back (:meth:`take_back`), once,
 by whichever process sees it first.
@@ -27,17 +28,16 @@ from typing import TYPE_CHECKING, Any, Unpack
 import anyio
 from anyio.abc import TaskGroup
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, TimeoutError
 
 from .._execution import Publisher
 from ..eventlog import EventLog
-from ..events import Event, encode_json
+from ..events import Event
 from ..exceptions import BackendUnavailable, UnknownJob
 from ..jobs import Job, JobState
 from ..settings import Settings, without_password
 from ..table import JobTable
 from ._redis import (
-    GROUP,
     Change,
     Keys,
     Scripts,
@@ -60,8 +60,8 @@ _BATCH = 500  # changes sent to Redis in one round trip
 _READ_COUNT = 2000
 #: How long a request waits for its own change to come back through the event stream.
 _ECHO_TIMEOUT = 5.0
-#: What an event can change of a job.
-_CHANGING = ("state", "progress", "started_at", "finished_at", "result", "error")
+#: Seconds at most between two looks at the queue by a worker, should a message be missed.
+_LOOK_EVERY = 1.0
 
 
 class RedisPublisher:
@@ -76,7 +76,7 @@ class RedisPublisher:
         self._scripts = scripts
         self._worker = worker
         self._on_refused = on_refused
-        self._pending: deque[Change | str] = deque()  # a str is a queue entry to acknowledge
+        self._pending: deque[Change | str] = deque()  # a str: the id of a job to release
         self._wake = anyio.Event()
         self._empty = anyio.Event()
         self._empty.set()
@@ -89,7 +89,7 @@ class RedisPublisher:
             self.send(Change.line(job, line))
 
     def send(self, item: Change | str) -> None:
-        """Queue a change, or the acknowledgement of a queue entry."""
+        """Queue a change, or the release of a job this worker no longer holds."""
         self._pending.append(item)
         self._empty = anyio.Event() if self._empty.is_set() else self._empty
         self._wake.set()
@@ -138,8 +138,7 @@ class RedisPublisher:
                 if isinstance(item, Change):
                     await self._scripts.apply(item, pipe)
                 else:
-                    pipe.xack(keys.queue, GROUP, item)
-                    pipe.xdel(keys.queue, item)
+                    pipe.srem(keys.claimed(self._worker), item)
             answers = await pipe.execute(raise_on_error=False)
         for answer in answers:
             if isinstance(answer, REDIS_DOWN):
@@ -155,7 +154,6 @@ class RedisBackend:
     """
 
     durable = True
-    claim_waits = True  # its claim waits (briefly) for work itself
 
     def __init__(self, redis: Redis, settings: Settings, task_group: TaskGroup | None) -> None:
         self.settings = settings
@@ -170,7 +168,7 @@ class RedisBackend:
         self._url = without_password(str(settings.redis_url))
         self.rate = SharedRate(redis, self._keys, settings.jobs_per_minute, url=self._url)
         self._publishers: dict[str, RedisPublisher] = {}
-        self._entries: dict[str, tuple[str, str]] = {}  # job id -> (the worker here, entry)
+        self._claims: dict[str, str] = {}  # job id -> the worker here that claimed it
         self._holding: dict[str, set[str]] = {}  # worker -> the ids of the jobs it runs
         self._on_cancel: dict[str, Callable[[str], None]] = {}
         self._following = False
@@ -231,6 +229,13 @@ class RedisBackend:
         if self._following and seq:
             await self._caught_up(seq)
 
+    async def delete(self, job: Job) -> None:
+        try:
+            seq = await self._apply(Change.deleted(job))
+        except ScriptRefused as refused:
+            raise Refused(refused.reason) from None
+        await self._caught_up(seq)
+
     async def lines(self, job: Job, lines: list[str], *, owner: str | None = None) -> None:
         publisher = self._publishers.get(owner) if owner is not None else None
         if publisher is not None:
@@ -238,6 +243,26 @@ class RedisBackend:
             return
         for line in lines:
             await self._apply(Change.line(job, line))
+
+    async def history(
+        self, job: Job, *, after: int, before: int, limit: int, names: tuple[str, ...]
+    ) -> list[Event]:
+        found: list[Event] = []
+        start = f"{after + 1}-0"
+        try:
+            while len(found) < limit:
+                entries: Any = await self._redis.xrange(
+                    self._keys.events, start, f"{before - 1}-0", count=_READ_COUNT
+                )
+                for entry_id, fields in entries:
+                    if fields["j"] == job.id and (not names or fields["n"] in names):
+                        found.append(decode_event(entry_id, fields))
+                if len(entries) < _READ_COUNT:
+                    break
+                start = f"({entries[-1][0]}"
+        except REDIS_DOWN as exc:
+            raise BackendUnavailable(self._url, str(exc)) from exc
+        return found[:limit]
 
     def publisher(self, worker: str) -> Publisher:
         publisher = self._publishers.get(worker)
@@ -249,37 +274,20 @@ class RedisBackend:
 
     async def claim(self, worker: str, n: int, room: Room) -> list[Job]:
         try:
-            answer: Any = await self._redis.xreadgroup(
-                GROUP, worker, {self._keys.queue: ">"}, count=n, block=1000
-            )
+            snapshots = await self._scripts.claim(worker, n)
         except REDIS_DOWN:
-            await anyio.sleep(0.5)  # the publisher reports the outage
-            return []
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
-                raise
-            # The queue is gone (Redis lost its data, or it was flushed): make it again.
-            logger.error("the job queue is gone from Redis (%s); joining it afresh", exc)
-            try:
-                await self.join(worker)
-            except BackendUnavailable:
-                await anyio.sleep(0.5)
-            return []
-        jobs = []
-        for _, entries in answer:
-            for entry_id, fields in entries:
-                job = Job.from_snapshot(json.loads(fields["s"]))
-                self._entries[job.id] = (worker, entry_id)
-                jobs.append(job)
+            return []  # the publisher reports the outage; the worker looks again
+        jobs = [Job.from_snapshot(json.loads(snapshot)) for snapshot in snapshots]
+        for job in jobs:
+            self._claims[job.id] = worker
         return jobs
 
     async def release(self, job: Job) -> None:
-        claimed = self._entries.pop(job.id, None)
-        if claimed is None:
+        worker = self._claims.pop(job.id, None)
+        if worker is None:
             return
-        worker, entry = claimed
         self._holding.get(worker, set()).discard(job.id)
-        self._publishers[worker].send(entry)  # acknowledged after the job's last step
+        self._publishers[worker].send(job.id)  # released after the job's last step
 
     async def ask_to_stop(self, job: Job) -> None:
         key = self._keys.job(job.id)
@@ -296,7 +304,8 @@ class RedisBackend:
     ) -> None:
         self._on_cancel[worker] = on_cancel
         self._group().start_soon(self._heartbeat, worker, on_cancel, name="jobcast heartbeat")
-        self._group().start_soon(self._cancels, on_cancel, name="jobcast cancels")
+        self._group().start_soon(self._messages, on_cancel, on_work, name="jobcast messages")
+        self._group().start_soon(self._due, on_work, name="jobcast due jobs")
 
     async def health(self) -> dict[str, Any]:
         """Whether Redis answers, how many jobs wait, and how many workers are alive (none:
@@ -310,13 +319,10 @@ class RedisBackend:
                 for name in names:
                     pipe.exists(keys.worker(name))
                 alive = await pipe.execute() if names else []
-            gone = [name for name, live in zip(names, alive, strict=True) if not live]
-            if gone:
-                await self._redis.srem(keys.workers, *gone)
         except REDIS_DOWN as exc:
             problem = BackendUnavailable(self._url, str(exc))
             return {"redis": f"unreachable ({exc})", "problem": str(problem)}
-        workers = len(names) - len(gone)
+        workers = sum(map(bool, alive))  # the reaper forgets the others
         jobs = self.table.jobs.values()
         running = sum(not job.finished and job.started_at is not None for job in jobs)
         return {"redis": "ok", "workers": workers, "running": running, "queued": queued}
@@ -435,6 +441,9 @@ class RedisBackend:
         jobs = self.table.jobs
         for event, (_, fields) in zip(events, entries, strict=True):
             known = jobs.get(event.job_id)
+            if event.name == "deleted":
+                jobs.pop(event.job_id, None)
+                continue
             if event.name == "log" or (known is not None and event.seq <= known.last_seq):
                 continue  # loaded at start already newer than this event
             snapshot = json.loads(fields["d"])["job"]
@@ -444,8 +453,7 @@ class RedisBackend:
                 job.first_seq = event.seq
                 jobs[job.id] = known = job
             else:  # in place: a stream holds on to the job it opened with
-                for name in _CHANGING:
-                    setattr(known, name, getattr(job, name))
+                known.update(job)
                 known.shown = snapshot
             known.last_seq = event.seq
         self.log.extend(events)
@@ -464,38 +472,32 @@ class RedisBackend:
     # -- a worker --------------------------------------------------------------------------------
 
     async def join(self, worker: str) -> None:
-        """Join the consumer group (creating it) and say ``worker`` is alive."""
+        """Say ``worker`` is alive (its heartbeat), ready to take jobs."""
         try:
-            await self._redis.xgroup_create(self._keys.queue, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):  # the group exists already: join it
-                raise
+            await self._beat(worker)
         except REDIS_DOWN as exc:
-            raise BackendUnavailable(str(self.settings.redis_url), str(exc)) from exc
-        await self._beat(worker)
+            raise BackendUnavailable(self._url, str(exc)) from exc
 
     async def leave(self, worker: str) -> None:
-        """Say ``worker`` is gone; leave the group if it holds nothing (else a reaper
+        """Say ``worker`` is gone; it is forgotten at once if it holds nothing (else a reaper
         takes back what it holds)."""
         try:
             await self._redis.delete(self._keys.worker(worker))
-            await self._redis.srem(self._keys.workers, worker)
-            mine: Any = await self._redis.xpending_range(
-                self._keys.queue, GROUP, min="-", max="+", count=1, consumername=worker
-            )
-            if not mine:
-                await self._redis.xgroup_delconsumer(self._keys.queue, GROUP, worker)
+            if not await self._redis.scard(self._keys.claimed(worker)):
+                await self._redis.srem(self._keys.workers, worker)
         except REDIS_DOWN:
             pass  # the key expires on its own, and a reaper forgets this worker
 
     async def unclaim(self, job: Job) -> None:
         """Put back on the queue a job this worker took but never started."""
+        worker = self._claims.pop(job.id, None)
+        if worker is None:
+            return
+        self._holding.get(worker, set()).discard(job.id)
         try:
-            entry: Any = {"j": job.id, "s": encode_json(job.snapshot())}
-            await self._redis.xadd(self._keys.queue, entry)
+            await self._scripts.unclaim(worker, job.id)
         except REDIS_DOWN:
-            return  # still ours once we are gone: a reaper puts it back
-        await self.release(job)
+            pass  # still its own once it is gone: a reaper puts it back
 
     async def flushed(self, worker: str, seconds: float) -> None:
         """Wait, ``seconds`` at most, until the steps of ``worker`` have reached Redis."""
@@ -529,16 +531,38 @@ class RedisBackend:
             except REDIS_DOWN:
                 pass  # the publisher reports the outage
 
-    async def _cancels(self, on_cancel: Callable[[str], None]) -> None:
+    async def _messages(
+        self, on_cancel: Callable[[str], None], on_work: Callable[[], None]
+    ) -> None:
+        """Cancels, and news of jobs put on the queue, as they are published."""
+        keys = self._keys
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self._keys.cancel)
+                    await pubsub.subscribe(keys.cancel, keys.work)
                     async for message in pubsub.listen():
-                        if message["type"] == "message":
+                        if message["type"] != "message":
+                            continue
+                        if message["channel"] == keys.work:
+                            on_work()
+                        else:
                             on_cancel(message["data"])
             except REDIS_DOWN:
                 await anyio.sleep(0.5)
+
+    async def _due(self, on_work: Callable[[], None]) -> None:
+        """Wake the worker when the next waiting job is due, and every second anyway (a
+        message it missed, a job a reaper put back)."""
+        while True:
+            try:
+                first: Any = await self._redis.zrange(self._keys.later, 0, 0, withscores=True)
+            except REDIS_DOWN:
+                first = []
+            wait = _LOOK_EVERY
+            if first:
+                wait = min(_LOOK_EVERY, max(0.001, float(first[0][1]) - time.time()))
+            await anyio.sleep(wait)
+            on_work()
 
     def _taken_back(self, job_id: str, reason: str) -> None:
         # A step of a worker here was refused: the job is no longer its (taken back).
@@ -568,10 +592,7 @@ class RedisBackend:
         """Find the jobs of workers that stopped answering and take them back through the
         lifecycle, every quarter of the heartbeat timeout; runs in every process."""
         timeout = self.settings.heartbeat_timeout
-        # A consumer of its own with no heartbeat: should it die holding an entry, the next
-        # reaper takes that entry back too. A worker's reaper never takes its own jobs.
-        self._reaper = f"reaper:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._spare = {self._reaper} if spare is None else {self._reaper, spare}
+        self._spare = set() if spare is None else {spare}  # a worker never takes its own
         self._lifecycle = lifecycle
         hold_until = 0.0
         while True:
@@ -591,11 +612,8 @@ class RedisBackend:
         jobs were taken back."""
         keys = self._keys
         await self._redis.zremrangebyrank(keys.jobs, 0, -(self.settings.max_jobs + 1))  # the index
-        try:
-            consumers: Any = await self._redis.xinfo_consumers(keys.queue, GROUP)
-        except ResponseError:  # no worker has created the group yet: nothing was taken
-            return 0
-        names = [consumer["name"] for consumer in consumers if consumer["name"] not in self._spare]
+        members: Any = await self._redis.smembers(keys.workers)
+        names = sorted(set(members) - self._spare)
         if not names:
             return 0
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -608,29 +626,16 @@ class RedisBackend:
                 taken += await self._take_all(name)
         return taken
 
-    async def _take_all(self, consumer: str) -> int:
-        """Take back every entry a dead consumer holds, then forget the consumer."""
-        idle_ms = int(self.settings.heartbeat_timeout * 1000)
+    async def _take_all(self, worker: str) -> int:
+        """Take back every job a dead worker holds, then forget the worker."""
+        keys = self._keys
+        held: Any = await self._redis.smembers(keys.claimed(worker))
         taken = 0
-        while True:
-            pending: Any = await self._redis.xpending_range(
-                self._keys.queue, GROUP, min="-", max="+", count=100, consumername=consumer
-            )
-            if not pending:
-                # Deleting a consumer drops what it holds: only once it holds nothing.
-                await self._redis.xgroup_delconsumer(self._keys.queue, GROUP, consumer)
-                return taken
-            claimed: Any = await self._redis.xclaim(
-                self._keys.queue,
-                GROUP,
-                self._reaper,
-                min_idle_time=idle_ms,
-                message_ids=[entry["message_id"] for entry in pending],
-            )
-            if not claimed:  # too fresh, or another reaper was first: next round
-                return taken
-            for entry_id, fields in claimed:
-                taken += await self._take_back(entry_id, fields, consumer)
+        for job_id in sorted(held):
+            taken += await self._take_back(job_id, worker)
+        if not await self._redis.scard(keys.claimed(worker)):
+            await self._redis.srem(keys.workers, worker)
+        return taken
 
     async def _last_known(self, last: str | None) -> float | None:
         """When the job's newest event happened: the last moment it was known running."""
@@ -639,12 +644,15 @@ class RedisBackend:
         entries: Any = await self._redis.xrange(self._keys.events, f"{last}-0", f"{last}-0")
         return float(entries[0][1]["ts"]) if entries else None
 
-    async def _take_back(self, entry_id: str, fields: dict[str, str], worker: str) -> int:
+    async def _take_back(self, job_id: str, worker: str) -> int:
         keys = self._keys
-        job_id = fields["j"]
         snap, state, holder, last = await self._redis.hmget(
             keys.job(job_id), "snap", "state", "worker", "last"
         )
+        if state == JobState.QUEUED.value:
+            # Taken by that worker but never started: back on the queue for the others.
+            await self._scripts.unclaim(worker, job_id)
+            return 0
         taken = 0
         if state == JobState.RUNNING.value and holder == worker and snap is not None:
             job = Job.from_snapshot(json.loads(snap))
@@ -655,13 +663,7 @@ class RedisBackend:
             at = await self._last_known(str(last) if last else None) or job.started_at
             await self._lifecycle.gone(job, worker, reason, at=at)
             taken = 1
-        elif state == JobState.QUEUED.value:
-            # Taken by that worker but never started: back on the queue for the others.
-            await self._redis.xadd(keys.queue, dict[Any, Any](fields))
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(keys.queue, GROUP, entry_id)
-            pipe.xdel(keys.queue, entry_id)
-            await pipe.execute()
+        await self._redis.srem(keys.claimed(worker), job_id)
         return taken
 
 

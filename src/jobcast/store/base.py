@@ -52,6 +52,17 @@ class Store(Protocol):
         """Drop finished jobs that fell out of retention. Must not block."""
         ...
 
+    def delete(self, job_id: str) -> None:
+        """Drop a finished job and its events (but its ``deleted`` event). Must not block."""
+        ...
+
+    async def history(
+        self, job_id: str, *, after: int = 0, limit: int = 1000, names: tuple[str, ...] = ()
+    ) -> list[Event]:
+        """The kept events of ``job_id`` after ``after``, oldest first, ``limit`` at most;
+        only those named ``names``, if given."""
+        ...
+
     async def aclose(self) -> None:
         """Flush what is pending and close."""
         ...

@@ -30,5 +30,13 @@ class MemoryStore:
     def forget(self, job_ids: list[str]) -> None:
         pass
 
+    def delete(self, job_id: str) -> None:
+        pass
+
+    async def history(
+        self, job_id: str, *, after: int = 0, limit: int = 1000, names: tuple[str, ...] = ()
+    ) -> list[Event]:
+        return []  # what the event log holds in memory is all there is
+
     async def aclose(self) -> None:
         pass

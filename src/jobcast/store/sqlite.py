@@ -117,6 +117,7 @@ _JobFields = tuple[
 @dataclass(slots=True, frozen=True)
 class _Forget:
     job_ids: tuple[str, ...]
+    events: bool = False  # their events go too (a job deleted, rather than aged out)
 
 
 @dataclass(slots=True, frozen=True)
@@ -230,7 +231,7 @@ class SqliteStore:
         inbox = self._inbox
         if inbox is None:
             raise RuntimeError(f"{self!r} is not open")
-        if event.name == "log":  # a line changes nothing of its job
+        if event.name in ("log", "deleted"):  # these change nothing of the job's row
             inbox.put((event, None))
             return
         fields = (
@@ -249,6 +250,33 @@ class SqliteStore:
     def forget(self, job_ids: list[str]) -> None:
         if job_ids and self._inbox is not None:
             self._inbox.put(_Forget(tuple(job_ids)))
+
+    def delete(self, job_id: str) -> None:
+        if self._inbox is not None:
+            self._inbox.put(_Forget((job_id,), events=True))
+
+    async def history(
+        self, job_id: str, *, after: int = 0, limit: int = 1000, names: tuple[str, ...] = ()
+    ) -> list[Event]:
+        """The stored events of ``job_id`` after ``after``, oldest first (only ``names``, if
+        given); read on a connection of its own, in a thread, beside the writer."""
+        return await anyio.to_thread.run_sync(self._history, job_id, after, limit, names)
+
+    def _history(self, job_id: str, after: int, limit: int, names: tuple[str, ...]) -> list[Event]:
+        query = "SELECT seq, ts, name, job_id, task, frame FROM events WHERE job_id = ? AND seq > ?"
+        if names:
+            query += f" AND name IN ({', '.join('?' * len(names))})"
+        try:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                rows = conn.execute(
+                    query + " ORDER BY seq LIMIT ?", (job_id, after, *names, limit)
+                ).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        return [Event(*row) for row in rows]
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is committed, or its failure reported."""
@@ -339,6 +367,8 @@ class SqliteStore:
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page_size)}")
             self._check_schema(conn)
+            # A job's own events, read for its log and for replays past the memory's.
+            conn.execute("CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq)")
             self._prune(conn)
         except sqlite3.Error as exc:
             conn.close()
@@ -497,6 +527,7 @@ class SqliteStore:
         events: list[tuple[int, float, str, str, str, bytes]] = []
         jobs: dict[str, _JobFields] = {}  # each job once, as of its newest event
         forgotten: set[str] = set()
+        deleted: set[str] = set()  # with their events
         for item in batch:
             if type(item) is tuple:
                 event, fields = item
@@ -509,6 +540,8 @@ class SqliteStore:
                 for job_id in item.job_ids:
                     jobs.pop(job_id, None)
                 forgotten.update(item.job_ids)
+                if item.events:
+                    deleted.update(item.job_ids)
         if not (events or jobs or forgotten):
             return True
         try:
@@ -517,6 +550,10 @@ class SqliteStore:
             conn.executemany(_INSERT_EVENT, events)
             conn.executemany(_UPSERT_JOB, rows)
             conn.executemany("DELETE FROM jobs WHERE id = ?", [(job_id,) for job_id in forgotten])
+            conn.executemany(
+                "DELETE FROM events WHERE job_id = ? AND name != 'deleted'",
+                [(job_id,) for job_id in deleted],
+            )
             conn.execute("COMMIT")
         except Exception as exc:
             _rollback(conn)
