@@ -1,116 +1,90 @@
 """The load client: raw asyncio sockets speaking just enough HTTP/1.1, chunked coding and SSE.
 
-A general client (httpx, aiohttp) costs tens of microseconds per read; at a million deliveries
-a second spread over a thousand streams that would make the client, not the server, the thing
-measured. Here a stream is an :class:`asyncio.Protocol` whose ``data_received`` dechunks and
-cuts frames with a few C-level ``bytes`` operations, and hands complete frames to a subclass:
+A general client (httpx, aiohttp) costs tens of microseconds per read: at a million deliveries
+a second it, not the server, would be measured. Here a stream is an :class:`asyncio.Protocol`
+that dechunks and cuts frames with a few C-level ``bytes`` operations per read. Times are
+``time.monotonic()``, system-wide on Linux: a subscriber process's arrival times compare with
+the runner's trigger time.
 
-- :class:`CountingStream` counts the frames of one event name per read, for fan-out: one
-  ``bytes.count`` and one tuple per read, however many events the read carries.
-- :class:`SequencedStream` counts the same way and also checks that the ``id:`` of every
-  frame follows the one before: one ``re.findall`` and one list comparison per read.
-- :class:`RecordingStream` parses every frame (``id``, ``event``, ``data``), for resume checks.
+``python -m bench.client CONFIG_JSON`` is a subscriber process for one fan-out run, so that
+reading thousands of streams can use a core of its own. One JSON line each way:
 
-Times are ``time.monotonic()``: on Linux it is the system-wide CLOCK_MONOTONIC, so arrival
-times taken in a subscriber process compare with a trigger time taken in the runner.
+1. it opens ``n`` streams, then prints ``{"ready": ...}`` (or ``{"error": ...}``);
+2. the runner triggers the publisher and sends ``{"t0": ..., "rate": ..., "deadline": ...}``,
+   where ``t0`` is the monotonic time just before the trigger;
+3. it waits until every stream has ``expect`` events or the deadline passes, then prints the
+   result: deliveries, complete streams, and a histogram of lateness. Event k (from 0) was due
+   at ``t0 + k / rate``; its lateness is its arrival minus that. With ``check_ids``, it also
+   counts the ids each stream skipped or saw twice, and the ``reset`` frames.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import socket
 import struct
+import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-__all__ = [
-    "CountingStream",
-    "Countdown",
-    "Frame",
-    "HttpError",
-    "RecordingStream",
-    "SequencedStream",
-    "StreamError",
-    "Tally",
-    "connect",
-    "request",
-    "request_json",
-]
+from .stats import Histogram
 
 # Closing with SO_LINGER 0 resets the connection instead of leaving it in TIME_WAIT: a full run
 # opens tens of thousands of streams to a handful of ports, more than the ephemeral range holds
 # for a minute. A reset is also what a dropped network looks like to a server.
 _LINGER_OFF = struct.pack("ii", 1, 0)
-P = TypeVar("P", bound="_SSEProtocol")
+S = TypeVar("S", bound="Stream")
+T = TypeVar("T")
 TICK_RE = re.compile(rb'"line": ?"tick (\d+)/')
 _ID_RE = re.compile(rb"^id: (\d+)$", re.MULTILINE)
 _RESET = b"event: reset\n"
+_LOG = b"event: log\n"
 
 
 class HttpError(Exception):
-    """Raised when a server answers a request with an unexpected status."""
-
-    def __init__(self, method: str, path: str, status: int, body: bytes) -> None:
-        self.status = status
-        self.body = body
-        super().__init__(f"{method} {path} answered {status}: {body[:300]!r}")
+    """A server answered a request with an unexpected status, or not at all."""
 
 
 class StreamError(Exception):
-    """Raised when a stream cannot be opened or answers anything but 200."""
+    """A stream could not be opened, or answered anything but 200."""
 
 
-@dataclass(slots=True)
-class Tally:
-    """Counts shared by many streams, with futures that resolve when a count is reached.
+class Countdown:
+    """A future that resolves once :meth:`hit` was called ``total`` times: a run of 5,000
+    streams waits on one future, not 5,000."""
 
-    Waiting on one future per condition instead of one per stream keeps a run of 5,000 streams
-    from scheduling 5,000 waiters.
-    """
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.hits = 0
+        self.reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if total <= 0:
+            self.reached.set_result(None)
 
-    total: int
-    ready: int = 0
-    complete: int = 0
-    all_ready: asyncio.Future[None] = field(default_factory=lambda: _future())
-    all_complete: asyncio.Future[None] = field(default_factory=lambda: _future())
-
-    def mark_ready(self) -> None:
-        self.ready += 1
-        if self.ready >= self.total and not self.all_ready.done():
-            self.all_ready.set_result(None)
-
-    def mark_complete(self) -> None:
-        self.complete += 1
-        if self.complete >= self.total and not self.all_complete.done():
-            self.all_complete.set_result(None)
+    def hit(self) -> None:
+        self.hits += 1
+        if self.hits >= self.total and not self.reached.done():
+            self.reached.set_result(None)
 
 
-def _future() -> asyncio.Future[None]:
-    return asyncio.get_running_loop().create_future()
+class Stream(asyncio.Protocol):
+    """One HTTP/1.1 GET of an event stream: head, chunked body, SSE frames. It hits ``ready``
+    on the 200 head, or with ``ready_on_frame`` on the first frame (jobcast's snapshot, after
+    which its cursor is fixed: nothing published later can be missed)."""
 
-
-class _SSEProtocol(asyncio.Protocol):
-    """One HTTP/1.1 GET of an event stream: head, chunked body, SSE frames.
-
-    Readiness (``tally.mark_ready``) is the 200 head, or with ``ready_on_frame`` the first
-    complete frame: jobcast sends a snapshot first, and once a client has it, its cursor is
-    fixed, so nothing published after can be missed.
-    """
-
-    def __init__(self, request: bytes, tally: Tally | None, *, ready_on_frame: bool) -> None:
+    def __init__(self, request: bytes, ready: Countdown | None, *, ready_on_frame: bool) -> None:
         self._request = request
-        self.tally = tally
+        self.ready = ready
         self.ready_on_frame = ready_on_frame
         self.transport: asyncio.Transport | None = None
         self.status: int | None = None
         self.head_at: float | None = None
         self.first_frame_at: float | None = None
-        self.closed: asyncio.Future[None] = _future()
-        self.head_seen: asyncio.Future[None] = _future()
+        self.head_seen: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._head = b""
         self._chunked = False
         self._raw = b""  # undecoded chunked bytes: a size line cut by a read
@@ -129,8 +103,6 @@ class _SSEProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.head_seen.done():
             self.head_seen.set_exception(StreamError(f"connection closed before the head: {exc}"))
-        if not self.closed.done():
-            self.closed.set_result(None)
 
     def abort(self) -> None:
         """Drop the connection at once, as a network failure would."""
@@ -154,8 +126,8 @@ class _SSEProtocol(asyncio.Protocol):
                 self.abort()
                 return
             self.head_seen.set_result(None)
-            if self.tally is not None and not self.ready_on_frame:
-                self.tally.mark_ready()
+            if self.ready is not None and not self.ready_on_frame:
+                self.ready.hit()
             if not data:
                 return
         payload = self._dechunk(data) if self._chunked else data
@@ -171,8 +143,8 @@ class _SSEProtocol(asyncio.Protocol):
         self._text = text[end + 2 :]
         if self.first_frame_at is None:
             self.first_frame_at = now
-            if self.tally is not None and self.ready_on_frame:
-                self.tally.mark_ready()
+            if self.ready is not None and self.ready_on_frame:
+                self.ready.hit()
         self.frames_received(text[: end + 2], now)
 
     def _dechunk(self, data: bytes) -> bytes:
@@ -208,67 +180,46 @@ class _SSEProtocol(asyncio.Protocol):
         """``block`` holds one or more complete frames, LF-separated, ending in a blank line."""
 
 
-class CountingStream(_SSEProtocol):
-    """Counts the frames of one event name; keeps one ``(time, first index, count)`` per read.
-
-    The k-th counted event (k from 0) arrived at the time of the read that carried it, which
-    is all lateness needs, without touching each event in Python while the load runs.
-    """
+class CountingStream(Stream):
+    """Counts ``log`` frames, one ``(time, first index, count)`` per read: the k-th event
+    arrived with the read that carried it, all lateness needs, without touching each event in
+    Python while the load runs. It hits ``complete`` at the ``expect``-th event."""
 
     def __init__(
         self,
         request: bytes,
-        tally: Tally | None,
+        ready: Countdown,
+        complete: Countdown,
         *,
-        event: str,
         expect: int,
         ready_on_frame: bool,
     ) -> None:
-        super().__init__(request, tally, ready_on_frame=ready_on_frame)
-        self._pattern = f"event: {event}\n".encode()
+        super().__init__(request, ready, ready_on_frame=ready_on_frame)
+        self.complete = complete
         self.expect = expect
         self.matched = 0
         self.batches: list[tuple[float, int, int]] = []
 
-    def reset(self) -> None:
-        self.matched = 0
-        self.batches.clear()
-
     def frames_received(self, block: bytes, now: float) -> None:
-        count = block.count(self._pattern)
+        count = block.count(_LOG)
         if not count:
             return
         before = self.matched
         self.matched = before + count
         self.batches.append((now, before, count))
-        if before < self.expect <= self.matched and self.tally is not None:
-            self.tally.mark_complete()
+        if before < self.expect <= self.matched:
+            self.complete.hit()
 
 
 class SequencedStream(CountingStream):
-    """A :class:`CountingStream` that also checks the ids: each one after the one before.
+    """A :class:`CountingStream` that also checks that each id follows the one before, as
+    jobcast's all-events stream numbers them from the first snapshot on. ``lost`` counts ids
+    skipped, ``duplicated`` ids seen again (or out of order), ``resets`` ``reset`` frames."""
 
-    jobcast numbers every event of its log, and the all-events stream sends each with its id,
-    from the id of the first snapshot on: a client that misses nothing sees consecutive ids.
-    ``lost`` counts the ids skipped, ``duplicated`` the ids seen again (or out of order),
-    ``resets`` the ``reset`` frames (the server saying it dropped history for this client).
-    A read whose ids run on from the last costs one ``findall`` and one list comparison.
-    """
-
-    def __init__(
-        self,
-        request: bytes,
-        tally: Tally | None,
-        *,
-        event: str,
-        expect: int,
-        ready_on_frame: bool,
-    ) -> None:
-        super().__init__(request, tally, event=event, expect=expect, ready_on_frame=ready_on_frame)
-        self.last_id: int | None = None
-        self.lost = 0
-        self.duplicated = 0
-        self.resets = 0
+    last_id: int | None = None
+    lost = 0
+    duplicated = 0
+    resets = 0
 
     def frames_received(self, block: bytes, now: float) -> None:
         super().frames_received(block, now)
@@ -293,23 +244,9 @@ class SequencedStream(CountingStream):
         self.last_id = last
 
 
-@dataclass(slots=True)
-class Frame:
-    """One parsed SSE frame and the monotonic time of the read that carried it."""
-
-    id: int | None
-    event: str
-    data: bytes
-    at: float
-
-
-class RecordingStream(_SSEProtocol):
-    """Parses every frame; remembers the last ``id:`` for a resume with ``Last-Event-ID``."""
-
-    def __init__(self, request: bytes, tally: Tally | None, *, ready_on_frame: bool) -> None:
-        super().__init__(request, tally, ready_on_frame=ready_on_frame)
-        self.frames: list[Frame] = []
-        self.last_id: int | None = None
+class RecordingStream(Stream):
+    """Parses every frame and hands each one with data to :meth:`on_frame`, with the monotonic
+    time of the read that carried it."""
 
     def frames_received(self, block: bytes, now: float) -> None:
         for raw in block.split(b"\n\n"):
@@ -325,60 +262,50 @@ class RecordingStream(_SSEProtocol):
                     event = value.decode()
                 elif name == b"id":
                     ident = int(value)
-            if ident is not None:
-                self.last_id = ident
             if data:
-                self.on_frame(Frame(ident, event, data, now))
+                self.on_frame(ident, event, data, now)
 
-    def on_frame(self, frame: Frame) -> None:
-        """Called for each frame with data; keeps it by default."""
-        self.frames.append(frame)
-
-
-class Countdown:
-    """A future that resolves once :meth:`hit` was called ``total`` times."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.hits = 0
-        self.reached: asyncio.Future[None] = _future()
-        if total <= 0:
-            self.reached.set_result(None)
-
-    def hit(self) -> None:
-        self.hits += 1
-        if self.hits >= self.total and not self.reached.done():
-            self.reached.set_result(None)
+    def on_frame(self, ident: int | None, event: str, data: bytes, at: float) -> None:
+        raise NotImplementedError
 
 
-def stream_request(host: str, port: int, path: str, headers: Mapping[str, str] | None) -> bytes:
-    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+def stream_request(host: str, port: int, path: str, last_id: int | None = None) -> bytes:
+    extra = "" if last_id is None else f"Last-Event-ID: {last_id}\r\n"
     return (
         f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n{extra}\r\n"
     ).encode()
 
 
-async def connect(host: str, port: int, protocol: P, *, seconds: float = 30.0) -> P:
-    """Open ``protocol``'s stream and wait for a 200 head; raise :class:`StreamError` else."""
+async def connect(host: str, port: int, stream: S, *, seconds: float) -> S:
+    """Open ``stream`` and wait for a 200 head; raise :class:`StreamError` else."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(seconds):
-            await loop.create_connection(lambda: protocol, host, port)
-            await protocol.head_seen
+            await loop.create_connection(lambda: stream, host, port)
+            await stream.head_seen
     except (OSError, TimeoutError) as exc:
-        protocol.abort()
+        stream.abort()
         raise StreamError(f"cannot open a stream on {host}:{port}: {exc!r}") from exc
-    return protocol
+    return stream
+
+
+async def open_all(
+    host: str, port: int, streams: Sequence[S], ready: Countdown, *, seconds: float
+) -> None:
+    """Open ``streams``, at most 500 connecting at once, and wait until ``ready`` is reached."""
+    gate = asyncio.Semaphore(500)
+
+    async def one(stream: S) -> None:
+        async with gate:
+            await connect(host, port, stream, seconds=seconds)
+
+    await asyncio.gather(*(one(stream) for stream in streams))
+    async with asyncio.timeout(seconds):
+        await ready.reached
 
 
 async def request(
-    method: str,
-    host: str,
-    port: int,
-    path: str,
-    body: bytes = b"",
-    *,
-    seconds: float = 30.0,
+    method: str, host: str, port: int, path: str, body: bytes = b"", *, seconds: float = 30.0
 ) -> tuple[int, bytes]:
     """One request on a fresh connection (``Connection: close``): status and body."""
     async with asyncio.timeout(seconds):
@@ -397,7 +324,7 @@ async def request(
             await writer.wait_closed()
     head_bytes, _, payload = answer.partition(b"\r\n\r\n")
     if not head_bytes:
-        raise HttpError(method, path, 0, b"(no answer)")
+        raise HttpError(f"{method} {path}: no answer")
     status = int(head_bytes.split(b" ", 2)[1])
     if b"transfer-encoding: chunked" in head_bytes.lower():
         payload = _dechunk_all(payload)
@@ -407,10 +334,7 @@ async def request(
 def _dechunk_all(payload: bytes) -> bytes:
     out: list[bytes] = []
     pos = 0
-    while True:
-        eol = payload.find(b"\r\n", pos)
-        if eol < 0:
-            break
+    while (eol := payload.find(b"\r\n", pos)) >= 0:
         length = int(payload[pos:eol].split(b";", 1)[0], 16)
         if length == 0:
             break
@@ -419,19 +343,79 @@ def _dechunk_all(payload: bytes) -> bytes:
     return b"".join(out)
 
 
-async def request_json(
-    method: str,
-    host: str,
-    port: int,
-    path: str,
-    body: object = None,
-    *,
-    expect: tuple[int, ...] = (200, 202),
-    seconds: float = 30.0,
-) -> Any:
-    """A JSON request; raises :class:`HttpError` on a status not in ``expect``."""
-    raw = b"" if body is None else json.dumps(body).encode()
-    status, payload = await request(method, host, port, path, raw, seconds=seconds)
-    if status not in expect:
-        raise HttpError(method, path, status, payload)
-    return json.loads(payload) if payload else None
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str
+    port: int
+    path: str
+    n: int  # streams to open
+    expect: int  # events each stream should get
+    ready_on_frame: bool
+    connect_timeout: float
+    check_ids: bool  # count skipped and repeated ids (SequencedStream)
+
+
+def _result(streams: list[CountingStream], expect: int, t0: float, rate: float) -> dict[str, Any]:
+    lateness = Histogram()
+    for stream in streams:
+        for at, first, count in stream.batches:
+            base = (at - t0) * 1000.0
+            for k in range(first, min(first + count, expect)):
+                lateness.add_ms(base - k * 1000.0 / rate)
+    checked = [stream for stream in streams if isinstance(stream, SequencedStream)]
+    return {
+        "complete": sum(1 for stream in streams if stream.matched >= expect),
+        "deliveries": sum(min(stream.matched, expect) for stream in streams),
+        "lateness": vars(lateness),
+        "lost": sum(stream.lost for stream in checked),
+        "duplicated": sum(stream.duplicated for stream in checked),
+        "resets": sum(stream.resets for stream in checked),
+    }
+
+
+async def run(config: Config) -> None:
+    started = time.monotonic()
+    ready, complete = Countdown(config.n), Countdown(config.n)
+    kind = SequencedStream if config.check_ids else CountingStream
+    request = stream_request(config.host, config.port, config.path)
+    streams = [
+        kind(request, ready, complete, expect=config.expect, ready_on_frame=config.ready_on_frame)
+        for _ in range(config.n)
+    ]
+    try:
+        await open_all(config.host, config.port, streams, ready, seconds=config.connect_timeout)
+    except (StreamError, TimeoutError) as exc:
+        _say({"error": f"{type(exc).__name__}: {exc}"})
+        return
+    _say({"ready": True, "connect_s": time.monotonic() - started})
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if not line:
+        return  # the runner is gone
+    go = json.loads(line)
+    cpu_before = time.process_time()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, go["deadline"] - time.monotonic())):
+            await complete.reached
+    wall, timed_out = time.monotonic() - go["t0"], not complete.reached.done()
+    cpu = time.process_time() - cpu_before
+    for stream in streams:
+        stream.abort()
+    result = _result(streams, config.expect, go["t0"], go["rate"])
+    _say({**result, "timed_out": timed_out, "client_cpu_s": cpu, "wall_s": wall})
+
+
+def _say(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop (uvicorn[standard] brings it), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+if __name__ == "__main__":
+    run_loop(run(Config(**json.loads(sys.argv[1]))))

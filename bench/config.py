@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from .servers import ServerSpec
-
-__all__ = [
-    "CLUSTER_API_PROCESSES",
-    "CLUSTER_NAME",
-    "FULL",
-    "JOBCAST_LIMITS",
-    "QUICK",
-    "SCENARIOS",
-    "SINGLE_NAME",
-    "Sizes",
-    "cluster_specs",
-    "recipe_spec",
-    "specs",
-]
-
-#: Scenario names, in the order they run.
-SCENARIOS: tuple[str, ...] = ("fanout", "idle", "storm", "cpu", "progress", "push", "cluster")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,8 +45,15 @@ class Sizes:
     cluster_rate: float = 20
     cluster_seconds: float = 10.0
 
-    def replace(self, **changes: object) -> Sizes:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """What to serve: a display name, ``module:attr`` of an ASGI app, extra environment."""
+
+    name: str
+    app: str
+    ready_path: str = "/healthz"
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 FULL = Sizes()
@@ -102,22 +90,14 @@ JOBCAST_LIMITS = {
 }
 
 
-def specs(workdir: Path, index: int) -> dict[str, ServerSpec]:
-    """The servers by name. ``index`` gives each jobcast start a database file of its own."""
-    return {
-        "jobcast": ServerSpec(
-            "jobcast",
-            "bench.apps.jobcast_app:app",
-            env={
-                "JOBCAST_DB": str(workdir / f"jobcast-{index}.db"),
-                "JOBCAST_REDIS_URL": "",  # the SQLite store, whatever the shell has set
-                **JOBCAST_LIMITS,
-            },
-        ),
-        "tutorial": ServerSpec("tutorial", "bench.apps.tutorial:app"),
-        "bare ASGI": ServerSpec("bare ASGI", "bench.apps.bare:app"),
-    }
+def jobcast_spec(db: Path) -> ServerSpec:
+    """jobcast on the SQLite store in ``db``, whatever the shell has set for Redis."""
+    env = {"JOBCAST_DB": str(db), "JOBCAST_REDIS_URL": "", **JOBCAST_LIMITS}
+    return ServerSpec("jobcast", "bench.apps.jobcast_app:app", env=env)
 
+
+TUTORIAL = ServerSpec("tutorial", "bench.apps.tutorial:app")
+BARE = ServerSpec("bare ASGI", "bench.apps.bare:app")
 
 #: The scale-out scenario: how many API processes share Redis, and its two setups' names.
 CLUSTER_API_PROCESSES = 2
@@ -125,20 +105,16 @@ CLUSTER_NAME = f"jobcast, {CLUSTER_API_PROCESSES} API processes + Redis"
 SINGLE_NAME = "jobcast, 1 process, no Redis"
 
 
-def cluster_specs(redis_url: str, processes: int) -> list[ServerSpec]:
+def cluster_specs(redis_url: str) -> list[ServerSpec]:
     """jobcast API processes sharing the Redis at ``redis_url`` (jobs run in a worker)."""
     env = {"JOBCAST_REDIS_URL": redis_url, **JOBCAST_LIMITS}
     return [
         ServerSpec(f"jobcast API {i + 1} (Redis)", "bench.apps.jobcast_app:app", env=env)
-        for i in range(processes)
+        for i in range(CLUSTER_API_PROCESSES)
     ]
 
 
 def recipe_spec(kind: str, seconds: float) -> ServerSpec:
     """The recipe with a CPU-bound (``cpu``) or sleeping (``sleep``) heavy task."""
-    return ServerSpec(
-        f"recipe ({kind})",
-        "bench.apps.recipe:app",
-        ready_path="/api/background-task",
-        env={"HEAVY_KIND": kind, "HEAVY_SECONDS": f"{seconds:g}"},
-    )
+    env = {"HEAVY_KIND": kind, "HEAVY_SECONDS": f"{seconds:g}"}
+    return ServerSpec(f"recipe ({kind})", "bench.apps.recipe:app", "/api/background-task", env)

@@ -1,12 +1,9 @@
 """Progress cost: ns per ``ctx.advance()`` and per ``ctx.track()`` item, against tqdm.
 
-``python -m bench.progress CALLS REPEAT`` prints one JSON line. The runner runs it in a
-process of its own, so the heap and threads left by the other scenarios do not weigh on it.
-
-Each figure is a whole loop divided by its length, written as a user writes it (``for ...:
-ctx.advance()``, ``for item in ctx.track(items)``), so it includes the loop's own cost; the
-empty loop is reported too. The four loops take turns in every round, so a drift of the
-machine hits them alike, and each figure is the median of its rounds.
+``python -m bench.progress CALLS REPEAT`` prints one JSON line, in a process of its own so that
+the other scenarios' heap and threads do not weigh on it. Each figure is a loop as a user
+writes it, divided by its length (the empty loop is reported too); the loops take turns in
+every round, so a drift of the machine hits them alike, and each is the median of its rounds.
 """
 
 from __future__ import annotations
@@ -23,8 +20,6 @@ from tqdm import tqdm
 
 from jobcast import JobContext
 
-__all__ = ["ProgressCost", "measure"]
-
 
 @dataclass(slots=True)
 class ProgressCost:
@@ -34,19 +29,8 @@ class ProgressCost:
     tqdm_update_ns: float
     track_ns: float
     tqdm_iter_ns: float
-
-    @property
-    def advance_ratio(self) -> float:
-        return self.advance_ns / self.tqdm_update_ns
-
-    @property
-    def track_ratio(self) -> float:
-        return self.track_ns / self.tqdm_iter_ns
-
-    def to_json(self) -> dict[str, float]:
-        data = asdict(self)
-        data.update(advance_ratio=self.advance_ratio, track_ratio=self.track_ratio)
-        return data
+    advance_ratio: float  # ctx.advance() / tqdm.update()
+    track_ratio: float  # ctx.track() / tqdm's iterator
 
 
 class _Loop:
@@ -115,13 +99,12 @@ def measure(calls: int, repeat: int) -> ProgressCost:
         for name, loop in loops.items():
             rounds[name].append(loop(calls) / calls)
     figures = {name: statistics.median(values) for name, values in rounds.items()}
-    return ProgressCost(calls=calls, **figures)
-
-
-def main() -> None:
-    calls, repeat = int(sys.argv[1]), int(sys.argv[2])
-    print(json.dumps(asdict(measure(calls, repeat))))
+    advance_ratio = figures["advance_ns"] / figures["tqdm_update_ns"]
+    track_ratio = figures["track_ns"] / figures["tqdm_iter_ns"]
+    return ProgressCost(
+        calls=calls, **figures, advance_ratio=advance_ratio, track_ratio=track_ratio
+    )
 
 
 if __name__ == "__main__":
-    main()
+    print(json.dumps(asdict(measure(int(sys.argv[1]), int(sys.argv[2])))))

@@ -7,32 +7,21 @@ import importlib
 import json
 import math
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from .api import CpuResult, PushResult
-from .config import CLUSTER_API_PROCESSES, CLUSTER_NAME, SCENARIOS, Sizes
+from .config import CLUSTER_API_PROCESSES, CLUSTER_NAME, Sizes
 from .progress import ProgressCost
 from .sse import FanoutPoint, IdleResult, StormResult
 
-__all__ = [
-    "COLUMNS",
-    "Results",
-    "Row",
-    "TARGETS",
-    "rows",
-    "table",
-    "write_chart",
-    "write_json",
-]
-
 #: Table columns after the measure: the servers, then the progress reference.
-COLUMNS: tuple[str, ...] = ("jobcast", "tutorial", "bare ASGI", "recipe", "tqdm")
+COLUMNS = ("jobcast", "tutorial", "bare ASGI", "recipe", "tqdm")
 
 #: The issue's targets, each checked on jobcast's figure.
-TARGETS: dict[str, float] = {
+TARGETS = {
     "fanout_p99_ms": 25.0,  # at the ladder's lowest rate (50 ev/s)
     "capacity_rate": 400.0,
     "capacity_p99_ms": 100.0,  # what a rate must keep to count toward capacity
@@ -64,21 +53,12 @@ class Results:
     push: list[PushResult] = field(default_factory=list)
     cluster: list[FanoutPoint] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
-    ran: list[str] = field(default_factory=lambda: list(SCENARIOS))  # the scenarios run
 
     def capacity(self, server: str) -> float | None:
         """The highest ladder rate where every event reached everyone and p99 ≤ 100 ms."""
-        passing = [
-            point.rate
-            for point in self.ladder
-            if point.server == server
-            and point.delivered_all
-            and point.p99_ms <= TARGETS["capacity_p99_ms"]
-        ]
-        return max(passing, default=None)
-
-    def servers(self, points: list[FanoutPoint]) -> list[str]:
-        return list(dict.fromkeys(point.server for point in points))
+        points = [point for point in self.ladder if point.server == server and point.delivered_all]
+        limit = TARGETS["capacity_p99_ms"]
+        return max((point.rate for point in points if point.p99_ms <= limit), default=None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,20 +67,34 @@ class Results:
             "notes": self.notes,
             "targets": TARGETS,
             "fanout": {
-                "ladder": [point.to_json() for point in self.ladder],
-                "big": [point.to_json() for point in self.big],
-                "capacity": {name: self.capacity(name) for name in self.servers(self.ladder)},
+                "ladder": [dataclasses.asdict(point) for point in self.ladder],
+                "big": [dataclasses.asdict(point) for point in self.big],
+                "capacity": {name: self.capacity(name) for name in _servers(self.ladder)},
             },
-            "idle": [result.to_json() for result in self.idle],
-            "storm": [result.to_json() for result in self.storm],
-            "cpu": [result.to_json() for result in self.cpu],
-            "progress": None if self.progress is None else self.progress.to_json(),
-            "push": [result.to_json() for result in self.push],
-            "cluster": [point.to_json() for point in self.cluster],
+            "idle": [dataclasses.asdict(result) for result in self.idle],
+            "storm": [dataclasses.asdict(result) for result in self.storm],
+            "cpu": [dataclasses.asdict(result) for result in self.cpu],
+            "progress": self.progress and dataclasses.asdict(self.progress),
+            "push": [dataclasses.asdict(result) for result in self.push],
+            "cluster": [dataclasses.asdict(point) for point in self.cluster],
             "errors": self.errors,
-            "ran": self.ran,
             "table": [dataclasses.asdict(row) for row in rows(self)],
         }
+
+
+def _servers(points: Iterable[FanoutPoint]) -> list[str]:
+    return list(dict.fromkeys(point.server for point in points))
+
+
+M = TypeVar("M", FanoutPoint, IdleResult, StormResult)
+
+
+def _jobcast(results: Iterable[M]) -> M | None:
+    return next((result for result in results if result.server == "jobcast"), None)
+
+
+def _cells(results: Iterable[M], text: Callable[[M], str]) -> dict[str, str]:
+    return {result.server: text(result) for result in results}
 
 
 @dataclass(slots=True)
@@ -110,7 +104,14 @@ class Row:
     cells: dict[str, str]
     target: str = ""
     verdict: str = ""  # "met", "MISSED", or "" where no target applies
-    section: str = ""  # the scenario that measured it
+
+    def judge(self, target: str, ok: bool) -> None:
+        self.target, self.verdict = target, "met" if ok else "MISSED"
+
+    def judge_lateness(self, point: FanoutPoint | None, limit: float) -> None:
+        if point is not None:
+            ok = point.delivered_all and point.p99_ms <= limit
+            self.judge(f"p99 ≤ {limit:g} ms, all delivered", ok)
 
 
 def _ms(value: float) -> str:
@@ -123,10 +124,6 @@ def _ms(value: float) -> str:
     return f"{value / 1000:.1f} s"
 
 
-def _verdict(ok: bool | None) -> str:
-    return "" if ok is None else ("met" if ok else "MISSED")
-
-
 def _lateness(point: FanoutPoint) -> str:
     text = f"{_ms(point.p50_ms)} / {_ms(point.p99_ms)}"
     if not point.delivered_all:
@@ -135,50 +132,37 @@ def _lateness(point: FanoutPoint) -> str:
 
 
 def _fanout_rows(results: Results) -> list[Row]:
+    ladder, big, sizes = results.ladder, results.big, results.sizes
     out: list[Row] = []
-    sizes = results.sizes
-    if results.ladder:
+    if ladder:
         label = f"fan-out, {sizes.fanout_subscribers:,} subscribers"
-        lowest = min(point.rate for point in results.ladder)
-        for rate in sorted({point.rate for point in results.ladder}):
-            points = {p.server: p for p in results.ladder if p.rate == rate}
-            row = Row(label, f"p50 / p99 lateness @ {rate:g} ev/s", {})
-            for name, point in points.items():
-                row.cells[name] = _lateness(point)
-            jobcast = points.get("jobcast")
-            if rate == lowest and jobcast is not None:
-                row.target = f"p99 ≤ {TARGETS['fanout_p99_ms']:g} ms, all delivered"
-                row.verdict = _verdict(
-                    jobcast.delivered_all and jobcast.p99_ms <= TARGETS["fanout_p99_ms"]
-                )
+        rates = sorted({point.rate for point in ladder})
+        for rate in rates:
+            points = [point for point in ladder if point.rate == rate]
+            row = Row(label, f"p50 / p99 lateness @ {rate:g} ev/s", _cells(points, _lateness))
+            if rate == rates[0]:
+                row.judge_lateness(_jobcast(points), TARGETS["fanout_p99_ms"])
             out.append(row)
-        row = Row(label, "capacity (all delivered, p99 ≤ 100 ms)", {})
-        for name in results.servers(results.ladder):
-            capacity = results.capacity(name)
-            row.cells[name] = "none" if capacity is None else f"{capacity:g} ev/s"
-        if "jobcast" in row.cells:
-            capacity = results.capacity("jobcast")
-            row.target = f"≥ {TARGETS['capacity_rate']:g} ev/s"
-            row.verdict = _verdict(capacity is not None and capacity >= TARGETS["capacity_rate"])
-        out.append(row)
-        cost = Row(label, f"server CPU per delivery @ {lowest:g} ev/s", {})
-        busy = Row(label, f"server busy (share of one core) @ {lowest:g} ev/s", {})
-        for point in results.ladder:
-            if point.rate == lowest:
-                cost.cells[point.server] = f"{point.cpu_us_per_delivery:.1f} µs"
-                busy.cells[point.server] = f"{point.server_cpu_share:.0%}"
-        out += [cost, busy]
-    if results.big:
+        capacity = {name: results.capacity(name) for name in _servers(ladder)}
+        cells = {
+            name: "none" if rate is None else f"{rate:g} ev/s" for name, rate in capacity.items()
+        }
+        row = Row(label, "capacity (all delivered, p99 ≤ 100 ms)", cells)
+        if "jobcast" in capacity:
+            ok = (capacity["jobcast"] or 0) >= TARGETS["capacity_rate"]
+            row.judge(f"≥ {TARGETS['capacity_rate']:g} ev/s", ok)
+        lowest = [point for point in ladder if point.rate == rates[0]]
+        cost = _cells(lowest, lambda p: f"{p.server_cpu_us_per_delivery:.1f} µs")
+        busy = _cells(lowest, lambda p: f"{p.server_cpu_share:.0%}")
+        out += [
+            row,
+            Row(label, f"server CPU per delivery @ {rates[0]:g} ev/s", cost),
+            Row(label, f"server busy (share of one core) @ {rates[0]:g} ev/s", busy),
+        ]
+    if big:
         label = f"fan-out, {sizes.big_subscribers:,} subscribers"
-        row = Row(label, f"p50 / p99 lateness @ {sizes.big_rate:g} ev/s", {})
-        for point in results.big:
-            row.cells[point.server] = _lateness(point)
-        jobcast = next((p for p in results.big if p.server == "jobcast"), None)
-        if jobcast is not None:
-            row.target = f"p99 ≤ {TARGETS['big_p99_ms']:g} ms, all delivered"
-            row.verdict = _verdict(
-                jobcast.delivered_all and jobcast.p99_ms <= TARGETS["big_p99_ms"]
-            )
+        row = Row(label, f"p50 / p99 lateness @ {sizes.big_rate:g} ev/s", _cells(big, _lateness))
+        row.judge_lateness(_jobcast(big), TARGETS["big_p99_ms"])
         out.append(row)
     return out
 
@@ -186,40 +170,34 @@ def _fanout_rows(results: Results) -> list[Row]:
 def _idle_rows(results: Results) -> list[Row]:
     if not results.idle:
         return []
-    connections = results.idle[0].connections
-    row = Row("idle streams", f"memory per open stream ({connections:,} open)", {})
-    for result in results.idle:
-        row.cells[result.server] = f"{result.kib_per_connection:.1f} KB"
-    jobcast = next((r for r in results.idle if r.server == "jobcast"), None)
-    if jobcast is not None:
-        row.target = f"≤ {TARGETS['idle_kib']:g} KB"
-        row.verdict = _verdict(jobcast.kib_per_connection <= TARGETS["idle_kib"])
+    measure = f"memory per open stream ({results.idle[0].connections:,} open)"
+    row = Row(
+        "idle streams", measure, _cells(results.idle, lambda r: f"{r.kib_per_connection:.1f} KB")
+    )
+    if jobcast := _jobcast(results.idle):
+        limit = TARGETS["idle_kib"]
+        row.judge(f"≤ {limit:g} KB", jobcast.kib_per_connection <= limit)
     return [row]
 
 
 def _storm_rows(results: Results) -> list[Row]:
-    if not results.storm:
+    storm = results.storm
+    if not storm:
         return []
-    first = results.storm[0]
-    label = f"reconnect storm, {first.clients:,} clients @ {first.rate:g} ev/s"
-    settle = Row(label, "all live again after", {})
-    lost = Row(label, "events lost", {})
-    duplicated = Row(label, "events duplicated", {})
-    for result in results.storm:
-        if result.settled:
-            settle.cells[result.server] = f"{result.settle_s:.2f} s"
-        else:
-            settle.cells[result.server] = f"{result.live}/{result.clients} live"
-        lost.cells[result.server] = f"{result.lost:,}"
-        duplicated.cells[result.server] = f"{result.duplicated:,}"
-    jobcast = next((r for r in results.storm if r.server == "jobcast"), None)
-    if jobcast is not None:
-        settle.target = f"< {TARGETS['storm_settle_s']:g} s"
-        settle.verdict = _verdict(jobcast.settled and jobcast.settle_s < TARGETS["storm_settle_s"])
-        lost.target = duplicated.target = "0"
-        lost.verdict = _verdict(jobcast.lost == 0 and jobcast.complete == jobcast.clients)
-        duplicated.verdict = _verdict(jobcast.duplicated == 0)
+    label = f"reconnect storm, {storm[0].clients:,} clients @ {storm[0].rate:g} ev/s"
+    settle = Row(label, "all live again after", _cells(storm, _settle))
+    lost = Row(label, "events lost", _cells(storm, lambda r: f"{r.lost:,}"))
+    duplicated = Row(label, "events duplicated", _cells(storm, lambda r: f"{r.duplicated:,}"))
+    if jobcast := _jobcast(storm):
+        limit = TARGETS["storm_settle_s"]
+        settle.judge(f"< {limit:g} s", jobcast.settled and jobcast.settle_s < limit)
+        lost.judge("0", jobcast.lost == 0 and jobcast.complete == jobcast.clients)
+        duplicated.judge("0", jobcast.duplicated == 0)
     return [settle, lost, duplicated]
+
+
+def _settle(result: StormResult) -> str:
+    return f"{result.settle_s:.2f} s" if result.settled else f"{result.live}/{result.clients} live"
 
 
 def _cpu_rows(results: Results) -> list[Row]:
@@ -232,42 +210,34 @@ def _cpu_rows(results: Results) -> list[Row]:
     idle = Row(label, "GET p99, idle", {})
     load = Row(label, "GET p99, jobs running (jobcast: process mode)", {})
     threads = Row(label, "GET p99, jobs running (jobcast: thread mode)", {})
-    if recipe is not None:
-        idle.cells["recipe"] = _ms(recipe.idle.p99_ms)
-        load.cells["recipe"] = _ms(recipe.load.p99_ms)
-    if process is not None:
-        idle.cells["jobcast"] = _ms(process.idle.p99_ms)
-        load.cells["jobcast"] = _ms(process.load.p99_ms)
+    for column, result in (("recipe", recipe), ("jobcast", process)):
+        if result is not None:
+            idle.cells[column] = _ms(result.idle.p99_ms)
+            load.cells[column] = _ms(result.load.p99_ms)
     if thread is not None:
         threads.cells["jobcast"] = _ms(thread.load.p99_ms)
-    out = [idle, load, threads]
     if recipe is not None and process is not None:
         ratio = recipe.load.p99_ms / process.load.p99_ms
-        load.target = f"≥ {TARGETS['cpu_ratio']:g}x better than the recipe (here {ratio:.0f}x)"
-        load.verdict = _verdict(ratio >= TARGETS["cpu_ratio"])
-    return out
+        target = f"≥ {TARGETS['cpu_ratio']:g}x better than the recipe (here {ratio:.0f}x)"
+        load.judge(target, ratio >= TARGETS["cpu_ratio"])
+    return [idle, load, threads]
 
 
 def _progress_rows(results: Results) -> list[Row]:
-    cost = results.progress
-    if cost is None:
+    if (cost := results.progress) is None:
         return []
-    label = "progress cost"
-    advance = Row(
-        label,
-        "ns per ctx.advance() vs tqdm.update()",
-        {"jobcast": f"{cost.advance_ns:.0f} ns", "tqdm": f"{cost.tqdm_update_ns:.0f} ns"},
-        f"≤ {TARGETS['advance_ratio']:g}x tqdm (here {cost.advance_ratio:.2f}x)",
-        _verdict(cost.advance_ratio <= TARGETS["advance_ratio"]),
-    )
-    track = Row(
-        label,
-        "ns per ctx.track() item vs tqdm iterator item",
-        {"jobcast": f"{cost.track_ns:.0f} ns", "tqdm": f"{cost.tqdm_iter_ns:.0f} ns"},
-        f"≤ {TARGETS['track_ratio']:g}x tqdm (here {cost.track_ratio:.2f}x)",
-        _verdict(cost.track_ratio <= TARGETS["track_ratio"]),
-    )
-    return [advance, track]
+    out: list[Row] = []
+    for measure, ours, tqdm, ratio, limit in (
+        ("ctx.advance() vs tqdm.update()", cost.advance_ns, cost.tqdm_update_ns,
+         cost.advance_ratio, TARGETS["advance_ratio"]),
+        ("ctx.track() item vs tqdm iterator item", cost.track_ns, cost.tqdm_iter_ns,
+         cost.track_ratio, TARGETS["track_ratio"]),
+    ):  # fmt: skip
+        cells = {"jobcast": f"{ours:.0f} ns", "tqdm": f"{tqdm:.0f} ns"}
+        row = Row("progress cost", f"ns per {measure}", cells)
+        row.judge(f"≤ {limit:g}x tqdm (here {ratio:.2f}x)", ratio <= limit)
+        out.append(row)
+    return out
 
 
 def _push_rows(results: Results) -> list[Row]:
@@ -293,57 +263,34 @@ def _cluster_rows(results: Results) -> list[Row]:
         setup = point.server.removeprefix("jobcast, ")
         clustered = point.server == CLUSTER_NAME
         if clustered:
-            each = point.subscribers // CLUSTER_API_PROCESSES
-            setup += f" ({each:,} each)"
+            setup += f" ({point.subscribers // CLUSTER_API_PROCESSES:,} each)"
         late = Row(label, f"p50 / p99 lateness, {setup}", {"jobcast": _lateness(point)})
-        loss = Row(
-            label,
-            f"ids lost / duplicated, {setup}",
-            {"jobcast": f"{point.lost:,} / {point.duplicated:,}" if point.checked else "—"},
-        )
+        ids = f"{point.lost:,} / {point.duplicated:,}" if point.checked else "—"
         if point.resets:
-            loss.cells["jobcast"] += f" · {point.resets:,} resets"
+            ids += f" · {point.resets:,} resets"
+        loss = Row(label, f"ids lost / duplicated, {setup}", {"jobcast": ids})
         server = f"{CLUSTER_API_PROCESSES} APIs together" if clustered else "server"
         busy = ", ".join(
             [f"{server} {point.server_cpu_share:.0%}"]
             + [f"{name.removeprefix('jobcast ')} {share:.0%}"
-               for name, share in point.other_cpu_share().items()]
+               for name, share in point.other_cpu_share.items()]
         )  # fmt: skip
         cpu = Row(label, f"CPU, share of one core, {setup}", {"jobcast": busy})
         if clustered:
-            late.target = f"p99 ≤ {TARGETS['cluster_p99_ms']:g} ms, all delivered"
-            late.verdict = _verdict(
-                point.delivered_all and point.p99_ms <= TARGETS["cluster_p99_ms"]
-            )
-            loss.target = "0 / 0"
-            loss.verdict = _verdict(
-                point.checked
-                and point.delivered_all
-                and point.lost == point.duplicated == point.resets == 0
-            )
+            late.judge_lateness(point, TARGETS["cluster_p99_ms"])
+            exact = point.lost == point.duplicated == point.resets == 0
+            loss.judge("0 / 0", point.checked and point.delivered_all and exact)
         out += [late, loss, cpu]
     return out
 
 
-#: Each scenario's rows, in table order.
-_SECTIONS: dict[str, Callable[[Results], list[Row]]] = {
-    "fanout": _fanout_rows,
-    "idle": _idle_rows,
-    "storm": _storm_rows,
-    "cpu": _cpu_rows,
-    "progress": _progress_rows,
-    "push": _push_rows,
-    "cluster": _cluster_rows,
-}
-
-
 def rows(results: Results) -> list[Row]:
-    out: list[Row] = []
-    for section, make in _SECTIONS.items():
-        for row in make(results):
-            row.section = section
-            out.append(row)
-    return out
+    """Every scenario's rows, in table order."""
+    sections = (
+        _fanout_rows, _idle_rows, _storm_rows, _cpu_rows, _progress_rows, _push_rows,
+        _cluster_rows,
+    )  # fmt: skip
+    return [row for section in sections for row in section(results)]
 
 
 def table(results: Results) -> str:
@@ -357,137 +304,153 @@ def table(results: Results) -> str:
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return (
-            "| "
-            + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
-            + " |"
-        )
+        padded = (cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
     return "\n".join([line(header), rule, *(line(cells) for cells in body)])
 
 
-#: The scenario of a table row in a ``bench.json`` written before rows named it.
-_LABELS: dict[str, str] = {
-    "fan-out": "fanout",
-    "idle streams": "idle",
-    "reconnect storm": "storm",
-    "API under": "cpu",
-    "progress cost": "progress",
-    "push vs poll": "push",
-    "scale-out": "cluster",
-}
-
-
-def _row_section(row: dict[str, Any]) -> str:
-    if row.get("section"):
-        return str(row["section"])
-    scenario = str(row.get("scenario", ""))
-    return next((name for prefix, name in _LABELS.items() if scenario.startswith(prefix)), "")
-
-
-def _merge(data: dict[str, Any], old: dict[str, Any], ran: list[str]) -> list[str]:
-    """Fill ``data`` (a run of ``ran`` only) with the other scenarios' figures from ``old``.
-
-    Each kept scenario is listed under ``kept`` with the machine, sizes and notes of the run
-    that measured it. Returns the scenarios kept.
-    """
-    old_ran = old.get("ran", list(SCENARIOS))  # files without the field came from full runs
-    old_kept = old.get("kept", {})
-    earlier = {key: old.get(key) for key in ("machine", "sizes", "notes")}
-    kept: dict[str, Any] = {}
-    for name in SCENARIOS:
-        if name in ran or not old.get(name):
-            continue
-        if name in old_ran:
-            kept[name] = earlier
-        elif name in old_kept:
-            kept[name] = old_kept[name]
-        else:
-            continue  # never measured there either
-        data[name] = old[name]  # each scenario's figures sit under its name
-    table: list[dict[str, Any]] = []
-    for name in SCENARIOS:
-        if name in ran:
-            table += [row for row in data["table"] if row["section"] == name]
-        elif name in kept:
-            table += [
-                {**row, "section": name}
-                for row in old.get("table", [])
-                if _row_section(row) == name
-            ]
-    data["table"] = table
-    data["kept"] = kept
-    return list(kept)
-
-
-def write_json(results: Results, path: Path) -> list[str]:
-    """Write ``results`` to ``path``.
-
-    After a run of some scenarios only, the others keep their figures from the file being
-    replaced (see ``kept`` in it). Returns the scenarios kept that way.
-    """
-    data = results.to_json()
-    kept: list[str] = []
-    if set(results.ran) != set(SCENARIOS):
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
-            old = None
-        if isinstance(old, dict):
-            kept = _merge(data, old, results.ran)
+def write_json(results: Results, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
-    return kept
+    path.write_text(json.dumps(results.to_json(), indent=2, allow_nan=True) + "\n")
 
 
-_COLORS = {
-    "jobcast": "#1f77b4",
-    "ctx": "#1f77b4",
-    "tutorial": "#d62728",
-    "bare": "#7f7f7f",
-    "recipe": "#ff7f0e",
-    "tqdm": "#2ca02c",
-}
+_COLORS = {"jobcast": "#1f77b4", "ctx": "#1f77b4", "tutorial": "#d62728", "bare": "#7f7f7f",
+           "recipe": "#ff7f0e", "tqdm": "#2ca02c"}  # fmt: skip
 
 
 def _color(label: str) -> str:
     return _COLORS.get(label.split()[0].split(".")[0], "black")
 
 
-def _bars(ax: Any, labels: list[str], values: list[float], title: str, unit: str) -> None:
+def _target_line(ax: Any, value: float, color: str = "grey") -> None:
+    ax.axhline(value, color=color, lw=0.8, ls=":")
+
+
+class _Bars(NamedTuple):
+    values: dict[str, float]  # by label
+    title: str
+    unit: str
+    log: bool = False
+    target: float | None = None
+
+
+def _draw(ax: Any, bars: _Bars) -> None:
+    labels, values = list(bars.values), list(bars.values.values())
     ax.bar(range(len(values)), values, color=[_color(label) for label in labels])
     ax.set_xticks(range(len(values)), labels, rotation=15, fontsize=8)
-    ax.set_title(title, fontsize=10)
-    ax.set_ylabel(unit)
+    ax.set_title(bars.title, fontsize=10)
+    ax.set_ylabel(bars.unit)
+    if bars.log:
+        ax.set_yscale("log")
+    if bars.target is not None:
+        _target_line(ax, bars.target)
     for i, value in enumerate(values):
         if not math.isnan(value):
             text = f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
             ax.annotate(text, (i, value), ha="center", va="bottom", fontsize=8)
 
 
-def _cluster_chart(ax: Any, points: list[FanoutPoint]) -> None:
-    labels: list[str] = []
-    values: list[float] = []
+def _draw_ladder(ax: Any, results: Results) -> None:
+    for name in _servers(results.ladder):
+        points = sorted((p for p in results.ladder if p.server == name), key=lambda p: p.rate)
+        rates = [p.rate for p in points]
+        color = _color(name)
+        ax.plot(rates, [p.p99_ms for p in points], "o-", color=color, label=f"{name} p99")
+        ax.plot(rates, [p.p50_ms for p in points], ".--", color=color, alpha=0.6)
+        lost = [p for p in points if not p.delivered_all]
+        if lost:
+            ax.plot([p.rate for p in lost], [p.p99_ms for p in lost], "x", color="black",
+                    markersize=10, mew=2)  # fmt: skip
+    _target_line(ax, TARGETS["capacity_p99_ms"])
+    _target_line(ax, TARGETS["fanout_p99_ms"], _color("jobcast"))
+    ax.set(xscale="log", yscale="log", xlabel="events/s", ylabel="lateness (ms)")
+    rates = sorted({p.rate for p in results.ladder})
+    ax.set_xticks(rates, [f"{rate:g}" for rate in rates])
+    ax.minorticks_off()
+    ax.set_title(
+        f"Fan-out, {results.sizes.fanout_subscribers:,} subscribers\n"
+        "p99 solid, p50 dashed, x = not all delivered"
+    )
+    if results.ladder:
+        ax.legend(fontsize=8)
+
+
+def _cluster_bars(points: list[FanoutPoint]) -> _Bars:
+    values: dict[str, float] = {}
     for point in points:
         setup = "2 API + Redis" if point.server == CLUSTER_NAME else "1 process"
         notes = f"lost {point.lost:,}, dup {point.duplicated:,}" if point.checked else ""
         if not point.delivered_all:
             notes += f", {point.delivered_fraction:.0%} delivered"
-        for name, value in (("p50", point.p50_ms), ("p99", point.p99_ms)):
-            labels.append(f"jobcast {name}\n{setup}\n{notes}")
-            values.append(value)
+        values[f"jobcast p50\n{setup}\n{notes}"] = point.p50_ms
+        values[f"jobcast p99\n{setup}\n{notes}"] = point.p99_ms
     title = "Scale-out through Redis"
     if points:
-        first = points[0]
-        title = f"Scale-out, {first.subscribers:,} subscribers x {first.rate:g} ev/s: lateness"
-    _bars(ax, labels, values, title, "ms")
-    ax.tick_params(axis="x", labelrotation=0, labelsize=7)
-    ax.axhline(TARGETS["cluster_p99_ms"], color="grey", lw=0.8, ls=":")
+        title = (
+            f"Scale-out, {points[0].subscribers:,} subscribers x {points[0].rate:g} ev/s: lateness"
+        )
+    return _Bars(values, title, "ms", target=TARGETS["cluster_p99_ms"])
+
+
+def _storm_bars(storms: list[StormResult]) -> _Bars:
+    values = {
+        f"{r.server}\n{'' if r.settled else f'{r.live}/{r.clients} live, '}"
+        f"lost {r.lost:,}, dup {r.duplicated:,}": r.settle_s if r.settled else math.nan
+        for r in storms
+    }
+    title = "Reconnect storm"
+    if storms:
+        title += f", {storms[0].clients:,} clients: all live again after"
+    return _Bars(values, title, "s", target=TARGETS["storm_settle_s"])
+
+
+def _cpu_bars(cpu: list[CpuResult]) -> _Bars:
+    values: dict[str, float] = {}
+    for result in cpu:
+        if result.server.startswith("recipe"):
+            values |= {"recipe idle": result.idle.p99_ms, "recipe loaded": result.load.p99_ms}
+            continue
+        if result.mode == "process":
+            values["jobcast idle"] = result.idle.p99_ms
+        values[f"jobcast loaded ({result.mode})"] = result.load.p99_ms
+    return _Bars(values, "API GET p99 while 2 CPU-bound jobs run", "ms", log=True)
+
+
+def _bars(results: Results) -> dict[str, _Bars]:
+    """Every bar panel of the chart, by its place in the mosaic."""
+    sizes, cost = results.sizes, results.progress
+    big = f"Fan-out, {sizes.big_subscribers:,} subscribers x {sizes.big_rate:g} ev/s: p99 lateness"
+    push = {
+        f"{r.server.split(' ')[0]} {name}": value
+        for r in results.push
+        for name, value in (("p50", r.p50_ms), ("p99", r.p99_ms))
+    }
+    progress: dict[str, float] = {}
+    if cost is not None:
+        progress = {"ctx.advance()": cost.advance_ns, "tqdm.update()": cost.tqdm_update_ns}
+        progress |= {"ctx.track() item": cost.track_ns, "tqdm iter item": cost.tqdm_iter_ns}
+    return {
+        "big": _Bars(
+            {p.server: p.p99_ms for p in results.big}, big, "ms", True, TARGETS["big_p99_ms"]
+        ),
+        "cluster": _cluster_bars(results.cluster),
+        "idle": _Bars(
+            {r.server: r.kib_per_connection for r in results.idle},
+            "Memory per idle stream",
+            "KB",
+            target=TARGETS["idle_kib"],
+        ),
+        "storm": _storm_bars(results.storm),
+        "cpu": _cpu_bars(results.cpu),
+        "push": _Bars(push, "State change seen after: SSE push vs 1 s poll", "ms", log=True),
+        "progress": _Bars(progress, "Progress cost per update", "ns"),
+    }
 
 
 def write_chart(results: Results, path: Path) -> bool:
-    """Draw ``docs/bench.png``; False when matplotlib (the ``bench`` extra) is missing."""
+    """Draw the chart to ``path``; False when matplotlib (the ``bench`` extra) is missing."""
     try:
         # Imported by name: matplotlib is an optional extra, absent where the type checker
         # and the tests run, so nothing here may need its stubs.
@@ -503,109 +466,23 @@ def write_chart(results: Results, path: Path) -> bool:
         ],
         figsize=(25, 9),
     )
-    ax_ladder, ax_big, ax_cluster, ax_idle = (axes[k] for k in ("ladder", "big", "cluster", "idle"))
-    ax_storm, ax_cpu, ax_push, ax_progress = (axes[k] for k in ("storm", "cpu", "push", "progress"))
-    ax_text = axes["text"]
-
-    for name in results.servers(results.ladder):
-        points = sorted((p for p in results.ladder if p.server == name), key=lambda p: p.rate)
-        rates = [p.rate for p in points]
-        color = _color(name)
-        ax_ladder.plot(rates, [p.p99_ms for p in points], "o-", color=color, label=f"{name} p99")
-        ax_ladder.plot(rates, [p.p50_ms for p in points], ".--", color=color, alpha=0.6)
-        lost = [p for p in points if not p.delivered_all]
-        if lost:
-            ax_ladder.plot([p.rate for p in lost], [p.p99_ms for p in lost], "x", color="black",
-                           markersize=10, mew=2)  # fmt: skip
-    ax_ladder.axhline(TARGETS["capacity_p99_ms"], color="grey", lw=0.8, ls=":")
-    ax_ladder.axhline(TARGETS["fanout_p99_ms"], color=_color("jobcast"), lw=0.8, ls=":")
-    ax_ladder.set(xscale="log", yscale="log", xlabel="events/s", ylabel="lateness (ms)")
-    rates = sorted({p.rate for p in results.ladder})
-    ax_ladder.set_xticks(rates, [f"{rate:g}" for rate in rates])
-    ax_ladder.minorticks_off()
-    ax_ladder.set_title(
-        f"Fan-out, {results.sizes.fanout_subscribers:,} subscribers\n"
-        "p99 solid, p50 dashed, x = not all delivered"
-    )
-    if results.ladder:
-        ax_ladder.legend(fontsize=8)
-
-    _bars(
-        ax_big,
-        [p.server for p in results.big],
-        [p.p99_ms for p in results.big],
-        f"Fan-out, {results.sizes.big_subscribers:,} subscribers x "
-        f"{results.sizes.big_rate:g} ev/s: p99 lateness",
-        "ms",
-    )
-    ax_big.axhline(TARGETS["big_p99_ms"], color="grey", lw=0.8, ls=":")
-    ax_big.set_yscale("log")
-    _cluster_chart(ax_cluster, results.cluster)
-    _bars(
-        ax_idle,
-        [r.server for r in results.idle],
-        [r.kib_per_connection for r in results.idle],
-        "Memory per idle stream",
-        "KB",
-    )
-    ax_idle.axhline(TARGETS["idle_kib"], color="grey", lw=0.8, ls=":")
-    _bars(
-        ax_storm,
-        [
-            f"{r.server}\n{'' if r.settled else f'{r.live}/{r.clients} live, '}"
-            f"lost {r.lost:,}, dup {r.duplicated:,}"
-            for r in results.storm
-        ],
-        [r.settle_s if r.settled else math.nan for r in results.storm],
-        f"Reconnect storm, {results.storm[0].clients:,} clients: all live again after"
-        if results.storm
-        else "Reconnect storm",
-        "s",
-    )
-    ax_storm.axhline(TARGETS["storm_settle_s"], color="grey", lw=0.8, ls=":")
+    _draw_ladder(axes["ladder"], results)
+    for name, bars in _bars(results).items():
+        _draw(axes[name], bars)
+    axes["cluster"].tick_params(axis="x", labelrotation=0, labelsize=7)
     for i, storm in enumerate(results.storm):
         if not storm.settled:
-            ax_storm.annotate("never all\nlive again", (i, 0), ha="center", va="bottom", fontsize=8)
-    cpu_labels: list[str] = []
-    cpu_values: list[float] = []
-    for result in results.cpu:
-        if result.server.startswith("recipe"):
-            cpu_labels += ["recipe idle", "recipe loaded"]
-            cpu_values += [result.idle.p99_ms, result.load.p99_ms]
-            continue
-        if result.mode == "process":
-            cpu_labels.append("jobcast idle")
-            cpu_values.append(result.idle.p99_ms)
-        cpu_labels.append(f"jobcast loaded ({result.mode})")
-        cpu_values.append(result.load.p99_ms)
-    _bars(ax_cpu, cpu_labels, cpu_values, "API GET p99 while 2 CPU-bound jobs run", "ms")
-    ax_cpu.set_yscale("log")
-    _bars(
-        ax_push,
-        [f"{r.server.split(' ')[0]} {q}" for r in results.push for q in ("p50", "p99")],
-        [value for r in results.push for value in (r.p50_ms, r.p99_ms)],
-        "State change seen after: SSE push vs 1 s poll",
-        "ms",
-    )
-    ax_push.set_yscale("log")
-    cost = results.progress
-    if cost is not None:
-        _bars(
-            ax_progress,
-            ["ctx.advance()", "tqdm.update()", "ctx.track() item", "tqdm iter item"],
-            [cost.advance_ns, cost.tqdm_update_ns, cost.track_ns, cost.tqdm_iter_ns],
-            "Progress cost per update",
-            "ns",
-        )
-    ax_text.axis("off")
+            axes["storm"].annotate("never all\nlive again", (i, 0), ha="center", va="bottom",
+                                   fontsize=8)  # fmt: skip
     machine = results.machine
     lines = [
         f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores",
         f"Python {machine.get('python', '?')}, uvicorn with uvloop + httptools",
         *results.notes,
     ]
+    axes["text"].axis("off")
     wrapped = "\n".join(textwrap.fill(line, 110, subsequent_indent="  ") for line in lines)
-    ax_text.text(0, 1, wrapped, va="top", fontsize=8)
+    axes["text"].text(0, 1, wrapped, va="top", fontsize=8)
     fig.suptitle("jobcast benchmarks (references measured in the same run)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,18 @@
-"""The runner: ``python -m bench [--quick] [--only NAME[,NAME]] [--repeat N] [--clients N]``.
+"""The runner: ``python -m bench [--quick] [--only NAME[,NAME]] [--repeat N] [--out DIR]``.
 
 Starts the servers each scenario needs as subprocesses on loopback ports, runs the scenarios
-against all of them, prints one table (figures, targets, verdicts), and writes
-``docs/bench.json`` and ``docs/bench.png``. A run of some scenarios only (``--only``) keeps the
-figures of the others from the ``bench.json`` it replaces, and leaves an existing chart alone.
-It exits non-zero only when something crashed: a missed target is a finding, reported in the
-table.
+against all of them, prints one table (figures, targets, verdicts), and writes ``bench.json``
+and ``bench.png`` to ``--out`` (``docs/`` by default). It exits non-zero only when something
+crashed: a missed target is a finding, reported in the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -21,380 +22,199 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 
-from . import api, sse
-from .cluster import redis_version, start_redis, start_worker
-from .config import (
-    CLUSTER_API_PROCESSES,
-    CLUSTER_NAME,
-    FULL,
-    QUICK,
-    SCENARIOS,
-    SINGLE_NAME,
-    Sizes,
-    cluster_specs,
-    recipe_spec,
-    specs,
-)
+from . import api, config, servers, sse
+from .client import run_loop
 from .progress import ProgressCost
 from .report import Results, table, write_chart, write_json
-from .servers import PROJECT_ROOT, Processes, Program, Server, raise_open_files_limit
-
-__all__ = ["main", "run_scenarios"]
-
-Say = Callable[[str], None]
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class _Run:
     """What every scenario needs: the processes, the sizes, where to report."""
 
-    def __init__(self, procs: Processes, sizes: Sizes, results: Results, say: Say) -> None:
+    def __init__(self, procs: servers.Processes, sizes: config.Sizes, results: Results) -> None:
         self.procs = procs
         self.sizes = sizes
         self.results = results
-        self.say = say
-        self._starts: Iterator[int] = itertools.count()
+        self._databases = itertools.count()
 
-    async def start_stream_servers(self) -> list[Server]:
-        """jobcast, tutorial and bare ASGI, fresh (a new jobcast database each time)."""
-        chosen = specs(self.procs.workdir, next(self._starts))
-        return list(await asyncio.gather(*(self.procs.start(spec) for spec in chosen.values())))
+    def jobcast(self) -> config.ServerSpec:
+        """jobcast with a database file of its own: each start begins empty."""
+        return config.jobcast_spec(self.procs.workdir / f"jobcast-{next(self._databases)}.db")
 
-    async def start_jobcast(self) -> Server:
-        return await self.procs.start(specs(self.procs.workdir, next(self._starts))["jobcast"])
+    def streaming(self) -> contextlib.AbstractAsyncContextManager[list[servers.Server]]:
+        """jobcast, tutorial and bare ASGI."""
+        return self.serving(self.jobcast(), config.TUTORIAL, config.BARE)
 
-    async def stop(self, servers: Sequence[Program]) -> None:
-        for server in servers:
-            await self.procs.stop(server)
+    @contextlib.asynccontextmanager
+    async def serving(self, *specs: config.ServerSpec) -> AsyncIterator[list[servers.Server]]:
+        """``specs`` started together, and stopped on the way out (freeing CPU and memory)."""
+        running = list(await asyncio.gather(*(self.procs.start(spec) for spec in specs)))
+        try:
+            yield running
+        finally:
+            for server in running:
+                await self.procs.stop(server)
 
 
 async def _fanout(run: _Run) -> None:
-    sizes, results = run.sizes, run.results
-    servers = await run.start_stream_servers()
-    try:
-        targets = [sse.SseTarget(server) for server in servers]
+    sizes, procs = run.sizes, run.procs
+    ladder = [(run.results.ladder, sizes.fanout_subscribers, rate, sizes.fanout_seconds)
+              for rate in sizes.fanout_rates]  # fmt: skip
+    big = (run.results.big, sizes.big_subscribers, sizes.big_rate, sizes.big_seconds)
+    async with run.streaming() as targets:
         # Rates outer, servers inner: any drift of the machine over the run hits all alike.
-        for rate in sizes.fanout_rates:
+        for points, subscribers, rate, seconds in [*ladder, big]:
             for target in targets:
-                point = await sse.fanout_point(
-                    run.procs,
-                    target,
-                    subscribers=sizes.fanout_subscribers,
-                    rate=rate,
-                    seconds=sizes.fanout_seconds,
-                    slack=sizes.fanout_slack,
-                    clients=sizes.clients,
-                    repeat=sizes.repeat,
-                )
-                results.ladder.append(point)
-                run.say(f"  fan-out {point.subscribers} subs @ {rate:g} ev/s: {_point(point)}")
-        for target in targets:
-            point = await sse.fanout_point(
-                run.procs,
-                target,
-                subscribers=sizes.big_subscribers,
-                rate=sizes.big_rate,
-                seconds=sizes.big_seconds,
-                slack=sizes.fanout_slack,
-                clients=sizes.clients,
-                repeat=sizes.repeat,
-            )
-            results.big.append(point)
-            run.say(
-                f"  fan-out {point.subscribers} subs @ {sizes.big_rate:g} ev/s: {_point(point)}"
-            )
-    finally:
-        await run.stop(servers)
-    busy = [p for p in [*results.ladder, *results.big] if p.client_cpu_share > 0.9]
-    for point in busy:
-        results.notes.append(
-            f"fan-out {point.server} {point.subscribers} subs @ {point.rate:g} ev/s: the "
-            f"subscriber process used {point.client_cpu_share:.0%} of its core; figures there "
-            "are partly the client's"
-        )
-
-
-def _point(point: sse.FanoutPoint) -> str:
-    delivered = (
-        "all delivered" if point.delivered_all else f"{point.delivered_fraction:.0%} delivered"
-    )
-    return (
-        f"{point.server}: p50 {point.p50_ms:.1f} ms, p99 {point.p99_ms:.1f} ms, {delivered}, "
-        f"{point.cpu_us_per_delivery:.1f} µs server CPU per delivery, "
-        f"client {point.client_cpu_share:.0%} busy ({len(point.runs)} runs)"
-    )
+                load = sse.Fanout(procs, [target], subscribers, rate, seconds, sizes.clients)
+                points.append(await load.point(sizes))
 
 
 async def _idle(run: _Run) -> None:
-    servers = await run.start_stream_servers()
-    try:
-        for server in servers:
-            result = await sse.idle_memory(sse.SseTarget(server), run.sizes.idle_connections)
-            run.results.idle.append(result)
-            run.say(f"  idle: {server.name} {result.kib_per_connection:.1f} KB per stream")
-    finally:
-        await run.stop(servers)
+    async with run.streaming() as targets:
+        for target in targets:
+            run.results.idle.append(await sse.idle_memory(target, run.sizes.idle_connections))
 
 
 async def _storm(run: _Run) -> None:
-    sizes = run.sizes
-    servers = await run.start_stream_servers()
-    try:
-        for server in servers:
-            result = await sse.reconnect_storm(
-                sse.SseTarget(server),
-                clients=sizes.storm_clients,
-                rate=sizes.storm_rate,
-                seconds=sizes.storm_seconds,
-                drop_at=sizes.storm_drop_at,
-                slack=sizes.storm_slack,
-            )
-            run.results.storm.append(result)
-            run.say(
-                f"  storm: {server.name} live again after {result.settle_s:.2f} s "
-                f"({result.live}/{result.clients}), lost {result.lost}, "
-                f"duplicated {result.duplicated}, retries {result.retries}"
-            )
-    finally:
-        await run.stop(servers)
+    async with run.streaming() as targets:
+        for target in targets:
+            run.results.storm.append(await sse.Storm(target, run.sizes).run())
 
 
 async def _cpu(run: _Run) -> None:
-    sizes = run.sizes
-    options = {"idle_s": sizes.cpu_idle_seconds, "load_s": sizes.cpu_load_seconds}
-    recipe = await run.procs.start(recipe_spec("cpu", sizes.cpu_load_seconds + 10))
-    try:
-        result = await api.recipe_under_cpu(recipe, rps=sizes.cpu_rps, **options)
-    finally:
-        await run.stop([recipe])  # its heavy threads cannot be stopped otherwise
-    run.results.cpu.append(result)
-    jobcast = await run.start_jobcast()
-    try:
-        process, thread = await api.jobcast_under_cpu(jobcast, rps=sizes.cpu_rps, **options)
-    finally:
-        await run.stop([jobcast])
-    run.results.cpu += [process, thread]
-    for item in run.results.cpu:
-        run.say(
-            f"  cpu: {item.server} ({item.mode}) GET p99 idle {item.idle.p99_ms:.1f} ms, "
-            f"loaded {item.load.p99_ms:.1f} ms"
-        )
+    # Stopping the recipe is the only way to stop its heavy threads.
+    async with run.serving(config.recipe_spec("cpu", run.sizes.cpu_load_seconds + 10)) as (recipe,):
+        run.results.cpu.append(await api.recipe_under_cpu(recipe, run.sizes))
+    async with run.serving(run.jobcast()) as (jobcast,):
+        run.results.cpu += await api.jobcast_under_cpu(jobcast, run.sizes)
 
 
 async def _progress(run: _Run) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.progress",
-        str(run.sizes.progress_calls),
-        str(run.sizes.progress_repeat),
-        stdout=asyncio.subprocess.PIPE,
-        cwd=PROJECT_ROOT,
-        start_new_session=True,
-    )
-    run.procs.adopt(proc)
-    try:
-        out, _ = await proc.communicate()
-    finally:
-        run.procs.release(proc)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench.progress exited with {proc.returncode}")
-    cost = ProgressCost(**json.loads(out))
-    run.results.progress = cost
-    run.say(
-        f"  progress: ctx.advance {cost.advance_ns:.0f} ns vs tqdm.update "
-        f"{cost.tqdm_update_ns:.0f} ns; ctx.track {cost.track_ns:.0f} ns vs tqdm iter "
-        f"{cost.tqdm_iter_ns:.0f} ns"
-    )
+    args = str(run.sizes.progress_calls), str(run.sizes.progress_repeat)
+    async with run.procs.module("bench.progress", *args) as child:
+        out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"bench.progress exited with {child.returncode}")
+    run.results.progress = ProgressCost(**json.loads(out))
 
 
 async def _push(run: _Run) -> None:
     sizes = run.sizes
     job_s = 1.5 * sizes.poll_interval  # long enough for a poller to see both changes
-    recipe = await run.procs.start(recipe_spec("sleep", job_s))
-    try:
+    async with run.serving(config.recipe_spec("sleep", job_s)) as (recipe,):
         polled = await api.recipe_poll(
             recipe, trials=sizes.push_trials, interval=sizes.poll_interval, job_s=job_s
         )
-    finally:
-        await run.stop([recipe])
-    jobcast = await run.start_jobcast()
-    try:
+    async with run.serving(run.jobcast()) as (jobcast,):
         pushed = await api.jobcast_push(jobcast, trials=sizes.push_trials, job_s=job_s)
-    finally:
-        await run.stop([jobcast])
     run.results.push += [pushed, polled]
-    for item in (pushed, polled):
-        run.say(
-            f"  push: {item.server} ({item.method}) p50 {item.p50_ms:.1f} ms, "
-            f"p99 {item.p99_ms:.1f} ms, {item.changes} changes, {item.missed} missed"
-        )
 
 
 async def _cluster(run: _Run) -> None:
     """Fan-out through Redis: the subscribers split evenly over two API processes that share
     one event stream, the ticker in a ``jobcast worker``; then the same subscribers, checked
     the same way, on one jobcast process without Redis (its ticker in a thread of its own)."""
-    sizes, procs = run.sizes, run.procs
-
-    async def measure(
-        target: sse.SseTarget,
-        *,
-        name: str,
-        clients: int,
-        peers: Sequence[sse.SseTarget] = (),
-        watch: Sequence[Program] = (),
-    ) -> sse.FanoutPoint:
-        point = await sse.fanout_point(
-            procs,
-            target,
-            subscribers=sizes.cluster_subscribers,
-            rate=sizes.cluster_rate,
-            seconds=sizes.cluster_seconds,
-            slack=sizes.fanout_slack,
-            clients=clients,
-            repeat=sizes.repeat,
-            peers=peers,
-            watch=watch,
-            check_ids=True,
-            name=name,
-        )
-        run.results.cluster.append(point)
-        run.say(f"  cluster {point.subscribers} subs @ {point.rate:g} ev/s: {_checked(point)}")
-        return point
-
-    run.results.machine["redis_server"] = await redis_version()
-    started: list[Program] = []
-    try:
-        redis, url = await start_redis(procs)
-        started.append(redis)
-        worker = await start_worker(procs, url)
-        started.append(worker)
-        api_specs = cluster_specs(url, CLUSTER_API_PROCESSES)
-        apis = await asyncio.gather(*(procs.start(spec) for spec in api_specs))
-        started += apis
-        first, *peers = [sse.SseTarget(api) for api in apis]
-        await measure(
-            first, name=CLUSTER_NAME, clients=sizes.clients, peers=peers, watch=[worker, redis]
-        )
-    finally:
-        await run.stop(started[::-1])
-    jobcast = await run.start_jobcast()
-    try:
+    sizes, procs, apis_n = run.sizes, run.procs, config.CLUSTER_API_PROCESSES
+    fanout = functools.partial(
+        sse.Fanout, procs, subscribers=sizes.cluster_subscribers, rate=sizes.cluster_rate,
+        seconds=sizes.cluster_seconds, check_ids=True,
+    )  # fmt: skip
+    async with contextlib.AsyncExitStack() as stack:
+        redis, url = await servers.start_redis(procs)
+        stack.push_async_callback(procs.stop, redis)
+        worker = await servers.start_worker(procs, url)
+        stack.push_async_callback(procs.stop, worker)
+        apis = await stack.enter_async_context(run.serving(*config.cluster_specs(url)))
+        load = fanout(apis, clients=sizes.clients, watch=[worker, redis])
+        run.results.cluster.append(await load.point(sizes, config.CLUSTER_NAME))
+    async with run.serving(run.jobcast()) as single:
         # As many subscriber processes as above, on the one server.
-        await measure(
-            sse.SseTarget(jobcast), name=SINGLE_NAME, clients=sizes.clients * CLUSTER_API_PROCESSES
-        )
-    finally:
-        await run.stop([jobcast])
+        load = fanout(single, clients=sizes.clients * apis_n)
+        run.results.cluster.append(await load.point(sizes, config.SINGLE_NAME))
     run.results.notes.append(
-        f"cluster: {CLUSTER_API_PROCESSES} jobcast API processes (uvicorn, uvloop, httptools), "
+        f"cluster: {apis_n} jobcast API processes (uvicorn, uvloop, httptools), "
         f"a jobcast worker running the ticker, Redis (no persistence), "
-        f"{sizes.clients * CLUSTER_API_PROCESSES} subscriber processes and the runner share "
+        f"{sizes.clients * apis_n} subscriber processes and the runner share "
         "the same cores; the 1-process comparison has the same subscriber processes, its "
         "ticker in a thread of the server. Lost/duplicated count the SSE ids each subscriber "
         "skipped or saw again, from its first snapshot to its last tick."
     )
-    for point in run.results.cluster:
-        if point.client_cpu_share > 0.9:
-            run.results.notes.append(
-                f"cluster {point.server}: the subscriber processes used "
-                f"{point.client_cpu_share:.0%} of a core each; figures there are partly theirs"
-            )
 
 
-def _checked(point: sse.FanoutPoint) -> str:
-    others = ", ".join(f"{name} {share:.0%}" for name, share in point.other_cpu_share().items())
-    return (
-        f"{_point(point)}; lost {point.lost}, duplicated {point.duplicated}, resets "
-        f"{point.resets}; API CPU (together) {point.server_cpu_share:.0%}"
-        + (f", {others}" if others else "")
-    )
-
-
-SCENARIO_FUNCTIONS: dict[str, Callable[[_Run], Awaitable[None]]] = {
-    "fanout": _fanout,
-    "idle": _idle,
-    "storm": _storm,
-    "cpu": _cpu,
-    "progress": _progress,
-    "push": _push,
-    "cluster": _cluster,
+#: Every scenario by name, in the order they run.
+SCENARIOS: dict[str, Callable[[_Run], Awaitable[None]]] = {
+    scenario.__name__.removeprefix("_"): scenario
+    for scenario in (_fanout, _idle, _storm, _cpu, _progress, _push, _cluster)
 }
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
 def machine() -> dict[str, object]:
     cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    versions: dict[str, str] = {}
-    for package in (
-        "jobcast",
-        "uvicorn",
-        "uvloop",
-        "httptools",
-        "fastapi",
-        "sse-starlette",
-        "redis",
-    ):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "absent"
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    packages = ("jobcast", "uvicorn", "uvloop", "httptools", "fastapi", "sse-starlette", "redis")
     return {
         "cores": os.cpu_count(),
         "cpu": cpu,
         "python": platform.python_version(),
         "kernel": platform.release(),
-        "packages": versions,
+        "packages": {package: _version(package) for package in packages},
+        "redis_server": servers.redis_version(),
         # Anything else busy on the machine skews every figure: say so in the results.
         "load_average_at_start": os.getloadavg(),
     }
 
 
-async def run_scenarios(
-    sizes: Sizes, names: Sequence[str], *, say: Say = _say, workdir: Path | None = None
-) -> Results:
+def _busy_notes(results: Results) -> list[str]:
+    """Where the subscriber processes were near a full core, the figures are partly theirs."""
+    return [
+        f"fan-out {point.server} {point.subscribers} subs @ {point.rate:g} ev/s: the "
+        f"subscriber processes used {point.client_cpu_share:.0%} of a core each; figures "
+        "there are partly theirs"
+        for point in [*results.ladder, *results.big, *results.cluster]
+        if point.client_cpu_share > 0.9
+    ]
+
+
+async def run_scenarios(sizes: config.Sizes, names: Sequence[str]) -> Results:
     """Run ``names`` at ``sizes``; a scenario that crashes is recorded in ``errors``."""
-    results = Results(sizes=sizes, machine=machine(), ran=list(names))
-    cores = os.cpu_count() or 1
-    results.notes.append(
-        f"{cores} cores for everything: the server, {sizes.clients} subscriber "
+    results = Results(sizes, machine=machine())
+    results.notes += [
+        f"{os.cpu_count() or 1} cores for everything: the server, {sizes.clients} subscriber "
         f"process{'es' if sizes.clients > 1 else ''} and the runner share them, so the "
-        "client's CPU is taken from the server's."
-    )
-    results.notes.append(
+        "client's CPU is taken from the server's.",
         "lateness = arrival at the client - due time; event k (from 0) of a run at R ev/s "
-        "is due at trigger + k/R."
-    )
-    results.notes.append(
+        "is due at trigger + k/R.",
         "jobcast runs the demo tasks with default settings and the SQLite store, except the "
         "per-client stream and job-start limits, lifted since every client is 127.0.0.1; "
-        "the references are in bench/apps."
-    )
-    with tempfile.TemporaryDirectory(prefix="jobcast-bench-") as tmp:
-        with Processes(workdir or Path(tmp)) as procs:
-            run = _Run(procs, sizes, results, say)
-            for name in names:
-                say(f"{name}…")
-                started = time.monotonic()
-                try:
-                    await SCENARIO_FUNCTIONS[name](run)
-                except Exception as exc:  # one crashed scenario must not hide the others
-                    results.errors[name] = "".join(traceback.format_exception(exc))
-                    say(f"  {name} crashed: {exc!r}")
-                say(f"  ({time.monotonic() - started:.0f} s)")
+        "the references are in bench/apps.",
+    ]
+    with (
+        tempfile.TemporaryDirectory(prefix="jobcast-bench-") as tmp,
+        servers.Processes(Path(tmp)) as procs,
+    ):
+        run = _Run(procs, sizes, results)
+        for name in names:
+            print(f"{name}…", file=sys.stderr)
+            started = time.monotonic()
+            try:
+                await SCENARIOS[name](run)
+            except Exception as exc:  # one crashed scenario must not hide the others
+                results.errors[name] = "".join(traceback.format_exception(exc))
+                print(f"  {name} crashed: {exc!r}", file=sys.stderr)
+            print(f"  ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+    results.notes += _busy_notes(results)
     results.machine["load_average_at_end"] = os.getloadavg()
     return results
 
@@ -404,88 +224,61 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
     parser.add_argument(
         "--only",
-        action="append",
+        type=lambda names: [name.strip() for name in names.split(",") if name.strip()],
         default=[],
-        metavar="SCENARIO",
-        help=f"run only these ({', '.join(SCENARIOS)}); repeat or separate with commas",
+        metavar="NAME[,NAME]",
+        help=f"run only these: {', '.join(SCENARIOS)}",
     )
     parser.add_argument("--repeat", type=int, help="runs per fan-out point (default 3)")
-    parser.add_argument("--clients", type=int, help="subscriber processes (default 1)")
     parser.add_argument(
-        "--out", type=Path, default=PROJECT_ROOT / "docs", help="where bench.json/png go"
+        "--out", type=Path, default=servers.PROJECT_ROOT / "docs", help="where bench.json/png go"
     )
     args = parser.parse_args(argv)
-    chosen = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
-    unknown = sorted(set(chosen) - set(SCENARIOS))
+    unknown = sorted(set(args.only) - set(SCENARIOS))
     if unknown:
         parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    args.only = [name for name in SCENARIOS if name in chosen] or list(SCENARIOS)
+    args.only = [name for name in SCENARIOS if name in args.only] or list(SCENARIOS)
     return args
 
 
-def _sizes(args: argparse.Namespace, results_notes: list[str]) -> Sizes:
-    sizes = QUICK if args.quick else FULL
+#: The sizes that are a number of open streams.
+_CONNECTIONS = ("idle_connections", "big_subscribers", "storm_clients", "cluster_subscribers")
+
+
+def _sizes(args: argparse.Namespace) -> tuple[config.Sizes, list[str]]:
+    """The sizes asked for, with connection counts the open-files limit allows; notes."""
+    sizes = config.QUICK if args.quick else config.FULL
     if args.repeat is not None:
-        sizes = sizes.replace(repeat=max(1, args.repeat))
-    if args.clients is not None:
-        sizes = sizes.replace(clients=max(1, args.clients))
-    soft, hard = raise_open_files_limit()
-    results_notes.append(f"RLIMIT_NOFILE raised to {soft} (hard limit {hard}).")
-    most = max(
-        sizes.idle_connections,
-        sizes.big_subscribers,
-        sizes.storm_clients,
-        sizes.cluster_subscribers,
-    )
+        sizes = dataclasses.replace(sizes, repeat=max(1, args.repeat))
+    soft, hard = servers.raise_open_files_limit()
+    notes = [f"RLIMIT_NOFILE raised to {soft} (hard limit {hard})."]
+    most = max(getattr(sizes, name) for name in _CONNECTIONS)
     room = soft - 512  # what the process has besides the streams
     if most > room:
-        results_notes.append(
+        notes.append(
             f"the open-files hard limit ({hard}) is too low for {most:,} streams: "
             f"connection counts were cut to {room:,}; raise it (ulimit -Hn) for full sizes."
         )
-        sizes = sizes.replace(
-            idle_connections=min(sizes.idle_connections, room),
-            big_subscribers=min(sizes.big_subscribers, room),
-            storm_clients=min(sizes.storm_clients, room),
-            cluster_subscribers=min(sizes.cluster_subscribers, room),
-        )
-    return sizes
-
-
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl+C: every subprocess gets stopped
+        cut = {name: min(getattr(sizes, name), room) for name in _CONNECTIONS}
+        sizes = dataclasses.replace(sizes, **cut)
+    return sizes, notes
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
-    notes: list[str] = []
-    sizes = _sizes(args, notes)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    sizes, notes = _sizes(args)
+    # SIGTERM unwinds like Ctrl+C, with every subprocess stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        import uvloop
-
-        runner: Callable[..., Results] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        results = runner(run_scenarios(sizes, args.only))
+        results = run_loop(run_scenarios(sizes, args.only))
     except KeyboardInterrupt:
-        _say("interrupted: every server and subscriber process was stopped")
+        print("interrupted: every server and subscriber process was stopped", file=sys.stderr)
         raise SystemExit(130) from None
     results.notes += notes
-    print(table(results))
-    print()
-    for note in results.notes:
-        print(f"- {note}")
+    print(table(results), "", *(f"- {note}" for note in results.notes), sep="\n")
     data, chart = args.out / "bench.json", args.out / "bench.png"
-    kept = write_json(results, data)
-    if kept:
-        print(f"\n{data}: kept the figures of {', '.join(kept)} from the run it replaced")
-    partial = set(args.only) != set(SCENARIOS)
-    if partial and chart.exists():
-        # The chart shows every scenario: a partial run would blank the panels of the others.
-        print(f"\nwrote {data}; left {chart} as it was (a run of some scenarios only)")
-    elif write_chart(results, chart):
+    write_json(results, data)
+    if write_chart(results, chart):
         print(f"\nwrote {data} and {chart}")
     else:
         print(f"\nwrote {data}; no chart: matplotlib is missing (make bench)")

@@ -1,50 +1,40 @@
-"""Servers under test: each one a uvicorn subprocess on a free loopback port; and the other
-programs a scenario may need (Redis, a ``jobcast worker``).
+"""The processes of a run: servers under test (uvicorn on a free loopback port), the other
+programs a scenario needs (Redis, a ``jobcast worker``), and ``python -m`` helpers.
 
-Every process a run starts is registered with a :class:`Processes` and stopped when it closes,
-whatever ends the run (a crash, Ctrl+C, SIGTERM): each gets SIGTERM and a few seconds, then
-its whole process group gets SIGKILL, which also takes jobcast's worker processes.
+A :class:`Processes` stops every one of them when it closes, whatever ends the run (a crash,
+Ctrl+C, SIGTERM): each gets SIGTERM and a few seconds, then its whole process group SIGKILL,
+which also takes jobcast's worker processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from typing import Any
 
-from .client import HttpError, request
-
-__all__ = [
-    "HOST",
-    "PROJECT_ROOT",
-    "Processes",
-    "Program",
-    "Server",
-    "ServerSpec",
-    "free_port",
-    "raise_open_files_limit",
-]
+from .client import HttpError, request, stream_request
+from .config import JOBCAST_LIMITS, ServerSpec
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def raise_open_files_limit() -> tuple[int, int]:
-    """Raise this process's RLIMIT_NOFILE to the hard limit; children inherit it.
-
-    Returns the (soft, hard) limits now in force.
-    """
+    """Raise RLIMIT_NOFILE to the hard limit (children inherit it); the (soft, hard) now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         target = hard if hard != resource.RLIM_INFINITY else 1 << 20
@@ -59,39 +49,32 @@ def free_port() -> int:
         return port
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSpec:
-    """What to serve: a display name, ``module:attr`` of an ASGI app, extra environment."""
-
-    name: str
-    app: str
-    ready_path: str = "/healthz"
-    env: Mapping[str, str] = field(default_factory=dict)
-
-
 class Program:
-    """One subprocess of a run: its pid's memory and CPU time, its log, and how to stop it."""
+    """One subprocess of a run, in a session of its own (Ctrl+C reaches the runner, which
+    stops it in order), its output in ``log``."""
 
-    def __init__(self, name: str, popen: subprocess.Popen[bytes], log: Path) -> None:
+    def __init__(self, name: str, command: Sequence[str], env: Mapping[str, str], log: Path):
         self.name = name
-        self.popen = popen
         self.log = log
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+        with open(log, "wb") as out:
+            self.popen = subprocess.Popen(
+                command,
+                cwd=PROJECT_ROOT,
+                env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def rss_kib(self) -> int:
         """Resident memory of the process (not of its children)."""
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError(f"no VmRSS for pid {self.pid}")
+        with open(f"/proc/{self.popen.pid}/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE_KIB
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process, all its threads."""
-        with open(f"/proc/{self.pid}/stat") as stat:
+        with open(f"/proc/{self.popen.pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
@@ -110,26 +93,99 @@ class Program:
     def stop(self, grace: float = 5.0) -> None:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            # The group also holds jobcast's job processes; they die with it.
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)  # with jobcast's job processes
         self.popen.wait(5)
 
 
 class Server(Program):
-    """One running server: a :class:`Program` that answers HTTP on ``host:port``."""
+    """A :class:`Program` serving ``spec`` with uvicorn on ``host:port``."""
 
-    def __init__(self, spec: ServerSpec, popen: subprocess.Popen[bytes], port: int, log: Path):
-        super().__init__(spec.name, popen, log)
+    def __init__(self, spec: ServerSpec, port: int, log: Path) -> None:
+        command = [
+            sys.executable, "-m", "uvicorn", spec.app, "--host", HOST, "--port", str(port),
+            "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+            # Every server gets the same backlog: a reconnect storm of 2,000 clients must
+            # measure the server, not the kernel queue of a default 2,048.
+            "--backlog", "4096", "--timeout-graceful-shutdown", "3",
+        ]  # fmt: skip
+        super().__init__(spec.name, command, spec.env, log)
         self.spec = spec
-        self.port = port
         self.host = HOST
+        self.port = port
+        self.jobcast = spec.app.startswith("bench.apps.jobcast_app")
+        self.stream_path = "/api/events" if self.jobcast else "/events"
+        # jobcast's stream starts with a snapshot: once a client has it, its cursor is set.
+        # The references register a client before answering, so the head is enough.
+        self.ready_on_frame = self.jobcast
+
+    async def json(
+        self, method: str, path: str, body: object = None, *, expect: tuple[int, ...] = (200, 202)
+    ) -> Any:
+        """A JSON request; raises :class:`HttpError` on a status not in ``expect``."""
+        raw = b"" if body is None else json.dumps(body).encode()
+        status, payload = await request(method, self.host, self.port, path, raw)
+        if status not in expect:
+            raise HttpError(f"{method} {path} answered {status}: {payload[:300]!r}")
+        return json.loads(payload) if payload else None
+
+    def stream_request(self, last_id: int | None = None) -> bytes:
+        return stream_request(self.host, self.port, self.stream_path, last_id)
+
+    async def start_ticker(self, count: int, rate: float) -> str | None:
+        """Start publishing ``count`` events at ``rate``; jobcast's job id, if any."""
+        if self.jobcast:
+            body = {"count": count, "rate": rate}
+            return str((await self.json("POST", "/api/tasks/ticker/jobs", body))["id"])
+        await self.json("POST", f"/publish?n={count}&rate={rate:g}")
+        return None
+
+    async def stop_ticker(self, job_id: str | None) -> None:
+        if job_id is not None:
+            await self.json("POST", f"/api/jobs/{job_id}/cancel", expect=(202, 409))
+
+    async def _publishing(self) -> bool:
+        if not self.jobcast:
+            return bool((await self.json("GET", "/healthz"))["publishing"] > 0)
+        running = await self.json("GET", "/api/jobs?state=running&limit=1")
+        queued = await self.json("GET", "/api/jobs?state=queued&limit=1")
+        return bool(running or queued)
+
+    async def wait_quiet(self, seconds: float = 60.0) -> None:
+        """Wait until no publisher runs, then until the server uses under 5% of a core (or
+        ``seconds`` pass): after an overloaded run it may still be tearing down a thousand
+        streams, and the next run must not pay for that."""
+
+        async def stopped() -> bool:
+            return not await self._publishing()
+
+        await until(stopped, seconds=seconds, what="the publisher ending", program=self)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            before = self.cpu_seconds()
+            await asyncio.sleep(0.2)
+            if self.cpu_seconds() - before < 0.01:
+                return
+
+
+async def until(
+    ready: Callable[[], Awaitable[bool]], *, seconds: float, what: str, program: Program
+) -> None:
+    """Poll ``ready`` every 50 ms until it holds, while ``program`` stays up; a connection
+    refused, reset or timed out counts as not yet (``program`` may be starting)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        program.check_alive()
+        with contextlib.suppress(OSError, TimeoutError, HttpError):
+            if await ready():
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{program.name}: {what} did not happen within {seconds:g} s:\n{program.log_tail()}"
+            )
+        await asyncio.sleep(0.05)
 
 
 class Processes:
@@ -137,122 +193,139 @@ class Processes:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self._servers: list[Program] = []
-        self._others: list[asyncio.subprocess.Process] = []
-        self._spawned = itertools.count()
+        self._programs: list[Program] = []
+        self._children: list[asyncio.subprocess.Process] = []
+        self._logs = itertools.count()
 
     def __enter__(self) -> Processes:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop_all()
+    def __exit__(self, *exc_info: object) -> None:
+        for child in reversed(self._children):
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+        for program in reversed(self._programs):
+            program.stop()
 
-    def stop_all(self) -> None:
-        for proc in reversed(self._others):
-            if proc.returncode is None:
-                try:
-                    proc.kill()
-                except ProcessLookupError:
-                    pass
-        self._others.clear()
-        for server in reversed(self._servers):
-            server.stop()
-        self._servers.clear()
-
-    def adopt(self, proc: asyncio.subprocess.Process) -> None:
-        """Stop ``proc`` with the rest (a subscriber process)."""
-        self._others.append(proc)
-
-    def release(self, proc: asyncio.subprocess.Process) -> None:
-        if proc in self._others:
-            self._others.remove(proc)
-
-    async def start(self, spec: ServerSpec, *, seconds: float = 60.0) -> Server:
-        """Start ``spec`` and return once it answers ``ready_path`` (within ``seconds``)."""
-        port = free_port()
-        slug = "".join(c if c.isalnum() else "-" for c in spec.name)
-        log = self.workdir / f"{slug}-{port}.log"
-        popen = await asyncio.to_thread(_spawn, spec, port, log)
-        server = Server(spec, popen, port, log)
-        self._servers.append(server)
-        deadline = time.monotonic() + seconds
-        while True:
-            server.check_alive()
-            try:
-                status, _ = await request("GET", HOST, port, spec.ready_path, seconds=5)
-                if status == 200:
-                    return server
-            except (OSError, HttpError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{spec.name} did not answer {spec.ready_path} within {seconds:g} s:\n"
-                    f"{server.log_tail()}"
-                )
-            await asyncio.sleep(0.05)
+    def _log(self, name: str) -> Path:
+        slug = "".join(c if c.isalnum() else "-" for c in name)
+        return self.workdir / f"{slug}-{next(self._logs)}.log"
 
     async def spawn(
-        self, name: str, command: Sequence[str], *, env: Mapping[str, str] | None = None
+        self, name: str, command: Sequence[str], *, env: Mapping[str, str] = {}
     ) -> Program:
-        """Start ``command`` (stopped with the rest); the caller waits until it is ready."""
-        slug = "".join(c if c.isalnum() else "-" for c in name)
-        log = self.workdir / f"{slug}-{next(self._spawned)}.log"
-        popen = await asyncio.to_thread(_popen, list(command), env or {}, log)
-        program = Program(name, popen, log)
-        self._servers.append(program)
+        """Start ``command``, stopped with the rest; the caller waits until it is ready."""
+        program = await asyncio.to_thread(Program, name, command, env, self._log(name))
+        self._programs.append(program)
         return program
 
-    async def stop(self, server: Program) -> None:
-        """Stop one process now (scenarios free the CPU and memory of the previous ones)."""
-        if server in self._servers:
-            self._servers.remove(server)
-        await asyncio.to_thread(server.stop)
+    async def start(self, spec: ServerSpec, *, seconds: float = 60.0) -> Server:
+        """Start ``spec`` and return once it answers ``ready_path`` with a 200."""
+        port = free_port()
+        server = await asyncio.to_thread(Server, spec, port, self._log(spec.name))
+        self._programs.append(server)
+
+        async def answers() -> bool:
+            status, _ = await request("GET", HOST, port, spec.ready_path, seconds=5)
+            return status == 200
+
+        await until(answers, seconds=seconds, what=f"answer {spec.ready_path}", program=server)
+        return server
+
+    async def stop(self, program: Program) -> None:
+        """Stop one process now: a scenario frees the CPU and memory of the one before."""
+        if program in self._programs:
+            self._programs.remove(program)
+        await asyncio.to_thread(program.stop)
+
+    @contextlib.asynccontextmanager
+    async def module(self, name: str, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+        """``python -m name *args`` with stdin and stdout piped, killed on the way out."""
+        pipe = asyncio.subprocess.PIPE
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", name, *args, stdin=pipe, stdout=pipe, cwd=PROJECT_ROOT,
+            start_new_session=True,  # Ctrl+C reaches the runner, which stops it
+        )  # fmt: skip
+        self._children.append(child)
+        try:
+            yield child
+        finally:
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.kill()
+            if child.stdin is not None:
+                child.stdin.close()
+            await child.wait()
+            self._children.remove(child)
 
 
-def _spawn(spec: ServerSpec, port: int, log: Path) -> subprocess.Popen[bytes]:
-    return _popen(_uvicorn_command(spec, port), spec.env, log)
+def redis_server() -> str | None:
+    """The ``redis-server`` to run (Debian's package puts it in /usr/bin), or None."""
+    return shutil.which("redis-server") or shutil.which("/usr/bin/redis-server")
 
 
-def _uvicorn_command(spec: ServerSpec, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        spec.app,
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--log-level",
-        "warning",
-        # Every server gets the same backlog: a reconnect storm of 2,000 clients must
-        # measure the server, not the kernel queue of a default 2,048.
-        "--backlog",
-        "4096",
-        "--timeout-graceful-shutdown",
-        "3",
-    ]
+def redis_version() -> str:
+    executable = redis_server()
+    if executable is None:
+        return "absent"
+    return subprocess.run([executable, "--version"], capture_output=True, text=True).stdout.strip()
 
 
-def _popen(command: list[str], extra_env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **extra_env, "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as out:
-        popen = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl+C reaches the runner, which stops us in order
+async def _redis(port: int, *args: str) -> bytes:
+    """One command in RESP on a fresh connection; the first line of the reply."""
+    command = f"*{len(args)}\r\n".encode()
+    for arg in args:
+        command += b"$%d\r\n%s\r\n" % (len(arg.encode()), arg.encode())
+    async with asyncio.timeout(5):
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            writer.write(command)
+            await writer.drain()
+            return await reader.readline()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+async def start_redis(procs: Processes) -> tuple[Program, str]:
+    """Start an empty Redis on a free loopback port; return it and its URL once it answers."""
+    executable = redis_server()
+    if executable is None:
+        raise RuntimeError(
+            "the cluster scenario needs redis-server (Debian: apt-get install redis-server)"
         )
-    return popen
+    port = free_port()
+    data = procs.workdir / f"redis-{port}"
+    data.mkdir()
+    command = [
+        executable, "--port", str(port), "--bind", HOST, "--dir", str(data),
+        # No snapshots, no append-only file: nothing outlives the run. The log goes to
+        # stdout, the program's log in the run's directory.
+        "--save", "", "--appendonly", "no", "--daemonize", "no",
+        "--loglevel", "warning", "--logfile", "",
+    ]  # fmt: skip
+    redis = await procs.spawn("Redis", command)
+
+    async def answers() -> bool:
+        return await _redis(port, "PING") == b"+PONG\r\n"
+
+    await until(answers, seconds=30, what="answer PING", program=redis)
+    return redis, f"redis://{HOST}:{port}/0"
+
+
+async def start_worker(procs: Processes, redis_url: str) -> Program:
+    """Start ``jobcast worker`` for the bench's tasks; return it once its heartbeat is in
+    Redis (it has joined the queue's consumer group by then)."""
+    prefix = "jobcast"
+    env = {"JOBCAST_REDIS_URL": redis_url, "JOBCAST_REDIS_PREFIX": prefix, **JOBCAST_LIMITS}
+    command = [sys.executable, "-m", "jobcast", "worker", "bench.apps.jobcast_app:jobs"]
+    worker = await procs.spawn("jobcast worker", command, env=env)
+    port = int(redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+
+    async def beating() -> bool:
+        reply = await _redis(port, "KEYS", f"{prefix}:worker:*")
+        return reply.startswith(b"*") and reply != b"*0\r\n"
+
+    await until(beating, seconds=60, what="join the Redis queue", program=worker)
+    return worker

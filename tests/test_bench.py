@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 
 import pytest
-from bench.cluster import redis_server
 from bench.config import CLUSTER_NAME, SINGLE_NAME, Sizes
 from bench.report import COLUMNS, Results, rows, table, write_json
 from bench.run import run_scenarios
+from bench.servers import redis_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]  # child processes, servers
 
@@ -50,7 +50,7 @@ STREAM_SERVERS = ["jobcast", "tutorial", "bare ASGI"]
 
 
 async def run(name: str) -> Results:
-    results = await run_scenarios(TINY, [name], say=print)
+    results = await run_scenarios(TINY, [name])
     assert results.errors == {}, results.errors[name]
     return results
 
@@ -135,7 +135,7 @@ async def test_push_times_sse_against_polling() -> None:
 
 
 @pytest.mark.redis
-async def test_cluster_fans_out_through_redis_and_keeps_the_other_figures(tmp_path: Path) -> None:
+async def test_cluster_fans_out_through_redis_with_every_id_checked(tmp_path: Path) -> None:
     if redis_server() is None:
         pytest.fail("the cluster bench needs redis-server; `make test` installs it")
     results = await run("cluster")
@@ -152,20 +152,13 @@ async def test_cluster_fans_out_through_redis_and_keeps_the_other_figures(tmp_pa
         # Every id checked per subscriber: anything but 0s would be the count being wrong.
         assert point.checked and (point.lost, point.duplicated, point.resets) == (0, 0, 0)
         assert 0 < point.p50_ms <= point.p99_ms <= point.max_ms < 5000
-    assert set(cluster.other_cpu_share()) == {"jobcast worker", "Redis"}
+    assert set(cluster.other_cpu_share) == {"jobcast worker", "Redis"}
     lateness, loss = (row for row in rows(results) if row.target)
     assert lateness.verdict in ("met", "MISSED") and loss.verdict == "met"
-    # A run of some scenarios only keeps the others' figures from the file it replaces.
-    earlier = {
-        "ran": ["idle"],
-        "idle": [{"server": "jobcast"}],
-        "table": [{"scenario": "idle streams"}],
-    }
-    (tmp_path / "bench.json").write_text(json.dumps(earlier))
-    assert write_json(results, tmp_path / "bench.json") == ["idle"]
+    write_json(results, tmp_path / "bench.json")
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert data["idle"] == earlier["idle"] and data["cluster"][0]["lost"] == 0
-    assert [row["section"] for row in data["table"]] == ["idle"] + ["cluster"] * 6
+    assert [point["lost"] for point in data["cluster"]] == [0, 0]
+    assert [row["scenario"] for row in data["table"]] == [lateness.scenario] * 6
 
 
 async def test_report_is_one_table_and_json(tmp_path: Path) -> None:
