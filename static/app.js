@@ -1,7 +1,7 @@
 // The jobcast dashboard: live job table, start forms and logs over one SSE stream.
 
 import { auth, detailText, hasToken, request, setToken, streamUrl } from './api.js';
-import { TERMINAL_STATES, shortId } from './format.js';
+import { TERMINAL_STATES, formatDuration, parseTime, shortId } from './format.js';
 import { buildTaskForm } from './forms.js';
 import { LogBook, LogPanel } from './logs.js';
 import { LiveStream } from './stream.js';
@@ -59,6 +59,7 @@ function handleEvent(type, data, lastEventId) {
   }
   if (type === 'snapshot') applySnapshot(data);
   else if (type === 'log') logBook.add(data.job_id, data.line);
+  else if (type === 'deleted') forgetJob(data.job_id);
   else if (data.job) applyJob(data.job);
   scheduleFrame();
 }
@@ -76,8 +77,17 @@ function applySnapshot(data) {
   if (logPanel.jobId !== null && !jobs.has(logPanel.jobId)) closeLogs();
 }
 
+function forgetJob(id) {
+  jobs.delete(id);
+  dirty.delete(id);
+  table.remove(id);
+  logBook.retainOnly(jobs);
+  if (logPanel.jobId === id) closeLogs();
+}
+
 function applyJob(job) {
   const previous = jobs.get(job.id);
+  if (job.schedule && !previous) refreshSchedules(); // its schedule moved on
   jobs.set(job.id, job);
   dirty.add(job.id);
   noteTask(job.task);
@@ -210,6 +220,82 @@ async function cancelJob(id) {
   notify(cancelProblem(job, response));
 }
 
+async function rerunJob(id) {
+  const response = await request('POST', `/api/jobs/${encodeURIComponent(id)}/rerun`);
+  if (response.status === 202) {
+    if (!jobs.has(response.data.id)) {
+      applyJob(response.data);
+      scheduleFrame();
+    }
+    return;
+  }
+  notify(`The job could not be started again. ${detailText(response)}`);
+}
+
+async function deleteJob(id) {
+  const response = await request('DELETE', `/api/jobs/${encodeURIComponent(id)}`);
+  if (response.status === 204 || response.status === 404) {
+    forgetJob(id); // the stream says so too; a job already gone is as good as deleted
+    scheduleFrame();
+    return;
+  }
+  notify(`The job could not be deleted. ${detailText(response)}`);
+}
+
+// ---- schedules ----
+
+let schedules = [];
+
+async function refreshSchedules() {
+  const response = await request('GET', '/api/schedules');
+  if (!response.ok || !Array.isArray(response.data)) return;
+  schedules = response.data;
+  drawSchedules();
+}
+
+function drawSchedules() {
+  const list = $('#schedule-list');
+  $('#schedules').hidden = schedules.length === 0;
+  const items = schedules.map((schedule) => {
+    const item = $('#schedule-item').content.firstElementChild.cloneNode(true);
+    const parts = {};
+    for (const element of item.querySelectorAll('[data-part]')) parts[element.dataset.part] = element;
+    item.dataset.name = schedule.name;
+    item.dataset.paused = String(schedule.paused);
+    parts.name.textContent = schedule.name === schedule.task ? schedule.name : `${schedule.name} (${schedule.task})`;
+    parts.expression.textContent = schedule.expression;
+    parts.next.textContent = nextRunText(schedule, serverNow());
+    parts.toggle.textContent = schedule.paused ? 'Resume' : 'Pause';
+    parts.toggle.setAttribute('aria-label', `${schedule.paused ? 'Resume' : 'Pause'} schedule ${schedule.name}`);
+    return item;
+  });
+  list.replaceChildren(...items);
+}
+
+function nextRunText(schedule, now) {
+  if (schedule.paused) return 'paused';
+  const next = parseTime(schedule.next_run_at);
+  if (next === null) return '';
+  return next <= now ? 'starting now' : `next in ${formatDuration((next - now) / 1000)}`;
+}
+
+function tickSchedules() {
+  const now = serverNow();
+  for (const item of $('#schedule-list').children) {
+    const schedule = schedules.find((entry) => entry.name === item.dataset.name);
+    if (schedule) item.querySelector('[data-part="next"]').textContent = nextRunText(schedule, now);
+  }
+}
+
+async function toggleSchedule(event) {
+  const item = event.target.closest('li[data-name]');
+  if (!item || !event.target.closest('button')) return;
+  const action = item.dataset.paused === 'true' ? 'resume' : 'pause';
+  const response = await request('POST', `/api/schedules/${encodeURIComponent(item.dataset.name)}/${action}`);
+  if (!response.ok) notify(`The schedule could not be changed. ${detailText(response)}`);
+  await refreshSchedules();
+}
+
 function cancelProblem(job, response) {
   const name = job ? `The ${job.task} job ${shortId(job.id)}` : 'This job';
   switch (response.status) {
@@ -252,6 +338,8 @@ function onTableClick(event) {
   if (!row) return;
   const id = row.dataset.jobId;
   if (event.target.closest('button.cancel')) cancelJob(id);
+  else if (event.target.closest('button.rerun')) rerunJob(id);
+  else if (event.target.closest('button.delete')) deleteJob(id);
   else if (event.target.closest('button.logs')) openLogs(id, true);
   else if (!event.target.closest('button') && !window.getSelection()?.toString()) openLogs(id, false);
 }
@@ -282,7 +370,13 @@ $('#log-close').addEventListener('click', closeLogs);
 $('#log-panel').addEventListener('keydown', (event) => {
   if (event.key === 'Escape') closeLogs();
 });
-setInterval(() => table.tick(serverNow()), 1000);
+$('#schedule-list').addEventListener('click', toggleSchedule);
+setInterval(() => {
+  table.tick(serverNow());
+  tickSchedules();
+}, 1000);
+setInterval(refreshSchedules, 30_000); // what another page or process changed
 updateSummary();
 connectWithToken();
 loadTasks();
+refreshSchedules();

@@ -2,7 +2,8 @@
 
 const EVENT_TYPES = [
   'snapshot', 'reset', 'log',
-  'queued', 'running', 'progress', 'succeeded', 'failed', 'cancelled', 'interrupted',
+  'queued', 'running', 'progress', 'retrying', 'succeeded', 'failed', 'cancelled', 'interrupted',
+  'deleted',
 ];
 
 export class LiveStream {

@@ -15,9 +15,26 @@ import {
 } from './format.js';
 
 const CANCELLABLE = new Set(['queued', 'running']);
+const FINISHED = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
 const PARAMS_PREVIEW = 60;
 const RESULT_PREVIEW = 80;
 const TOOLTIP_LIMIT = 2000;
+
+/** What the state badge leaves out: the attempt, a countdown, the priority, a cancel asked. */
+export function stateNote(job, now) {
+  const notes = [];
+  const attempts = job.max_attempts > 1 ? `attempt ${job.attempt} of ${job.max_attempts}` : '';
+  const runAt = parseTime(job.run_at);
+  if (job.state === 'queued' && runAt !== null && runAt > now) {
+    const wait = `in ${formatDuration((runAt - now) / 1000)}`;
+    notes.push(attempts ? `${attempts} ${wait}` : `starts ${wait}`);
+  } else if (attempts && (job.state === 'running' || job.attempt > 1)) {
+    notes.push(attempts);
+  }
+  if (job.cancelling) notes.push('cancelling…');
+  if (job.priority) notes.push(`priority ${job.priority}`);
+  return notes.join(' · ');
+}
 
 export function matchesFilter(job, filter) {
   return (!filter.state || job.state === filter.state) && (!filter.task || job.task === filter.task);
@@ -62,13 +79,25 @@ export class JobTable {
     else this.#insert(this.#createRow(job, now), job);
   }
 
-  /** Refreshes the running clocks only. */
+  /** Refreshes the running clocks and the countdowns only. */
   tick(now) {
     for (const view of this.#views.values()) {
       if (view.job.state === 'running') {
         setText(view.parts.duration, formatDuration(jobDuration(view.job, now)));
+      } else if (view.job.state === 'queued' && view.job.run_at) {
+        setText(view.parts.note, stateNote(view.job, now));
       }
     }
+  }
+
+  /** Drops the row of a job that was deleted. */
+  remove(id) {
+    const view = this.#views.get(id);
+    if (!view) return;
+    view.row.remove();
+    this.#views.delete(id);
+    this.#order = this.#order.filter((entry) => entry.id !== id);
+    if (this.#selected === id) this.#selected = null;
   }
 
   setFilter(filter) {
@@ -112,6 +141,8 @@ export class JobTable {
     parts.bar.setAttribute('aria-label', `Progress of ${label}`);
     parts.logs.setAttribute('aria-label', `Logs of ${label}`);
     parts.cancel.setAttribute('aria-label', `Cancel ${label}`);
+    parts.rerun.setAttribute('aria-label', `Run ${label} again`);
+    parts.delete.setAttribute('aria-label', `Delete ${label}`);
     this.#update(view, job, now);
     return row;
   }
@@ -136,6 +167,7 @@ export class JobTable {
     const { row, parts } = view;
     if (row.dataset.state !== job.state) row.dataset.state = job.state;
     setText(parts.badge, job.state);
+    setText(parts.note, stateNote(job, now));
     this.#updateProgress(parts, job);
     this.#updateStarted(parts.started, job.started_at ?? '');
     setText(parts.duration, formatDuration(jobDuration(job, now)));
@@ -194,9 +226,13 @@ export class JobTable {
   }
 
   #updateCancel(view) {
-    const { cancel } = view.parts;
+    const { cancel, rerun } = view.parts;
+    const cancelling = view.cancelling || view.job.cancelling === true;
     cancel.hidden = !CANCELLABLE.has(view.job.state);
-    cancel.disabled = view.cancelling;
-    setText(cancel, view.cancelling ? 'Cancelling…' : 'Cancel');
+    cancel.disabled = cancelling;
+    setText(cancel, cancelling ? 'Cancelling…' : 'Cancel');
+    const finished = FINISHED.has(view.job.state);
+    rerun.hidden = !finished;
+    view.parts.delete.hidden = !finished;
   }
 }

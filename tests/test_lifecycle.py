@@ -4,8 +4,8 @@ the one worker over it), and asserts the same."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from jobcast.backends.redis import RedisBackend
 from jobcast.cluster import connect
 from jobcast.jobs import Job, JobError
 from jobcast.lifecycle import Lifecycle
+from jobcast.schedules import Schedule
 from jobcast.service import Service
 from jobcast.worker import Worker
 from tests.apps import gate, make_jobs
@@ -30,21 +31,41 @@ BACKENDS = pytest.mark.parametrize("kind", ["local", "redis"])
 
 @asynccontextmanager
 async def deployment(
-    kind: str, tmp_path: Path, redis: RedisServer | None, **options: Any
+    kind: str,
+    tmp_path: Path,
+    redis: RedisServer | None,
+    *,
+    schedules: Sequence[Schedule] = (),
+    api_processes: int = 1,
+    **options: Any,
 ) -> AsyncIterator[tuple[JobCast, Service]]:
     """A running service on ``kind``, and the jobs it runs: on Redis with one worker of the
-    same registry (the one Worker, over the Redis backend, in this process)."""
+    same registry (the one Worker, over the Redis backend, in this process), and as many
+    API services as ``api_processes`` says (each with its own scheduler). ``schedules`` are
+    registered on each."""
     options.setdefault("max_workers", 1)
+
+    def made(**settings: Any) -> JobCast:
+        jobs = make_jobs(**settings, **options)
+        for schedule in schedules:
+            jobs.tasks.add_schedule(schedule)
+        return jobs
+
     if kind == "local":
-        jobs = make_jobs(db=str(tmp_path / "jobs.db"), **options)
+        jobs = made(db=str(tmp_path / "jobs.db"))
         async with jobs.lifespan():
             yield jobs, jobs.runner
         return
     assert redis is not None
-    jobs = make_jobs(redis_url=redis.url, heartbeat_timeout=1.0, **options)
+    jobs = made(redis_url=redis.url, heartbeat_timeout=1.0)
+    others = [made(redis_url=redis.url, heartbeat_timeout=1.0) for _ in range(api_processes - 1)]
     client = connect(redis.url)
     try:
-        async with jobs.lifespan(), anyio.create_task_group() as group:
+        async with AsyncExitStack() as stack:
+            for other in others:
+                await stack.enter_async_context(other.lifespan())
+            await stack.enter_async_context(jobs.lifespan())
+            group = await stack.enter_async_context(anyio.create_task_group())
             backend = RedisBackend(client, jobs.settings, group)
             await backend.join("w1")
             lifecycle = Lifecycle(jobs.tasks, jobs.settings, backend)
@@ -52,6 +73,7 @@ async def deployment(
                 jobs.tasks, jobs.settings, backend, lifecycle, group, name="w1", who="the worker w1"
             )
             group.start_soon(worker.run)
+            group.start_soon(lifecycle.scheduler().run)  # as `jobcast worker` runs one
             try:
                 yield jobs, jobs.runner
             finally:

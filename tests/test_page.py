@@ -43,6 +43,19 @@ class KeepingStore:
         for job_id in job_ids:
             self.jobs.pop(job_id, None)
 
+    def delete(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+        self.events = [e for e in self.events if e.job_id != job_id or e.name == "deleted"]
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None:
+        pass
+
+    async def history(
+        self, job_id: str, *, after: int = 0, limit: int = 1000, names: tuple[str, ...] = ()
+    ) -> list[Event]:
+        kept = [e for e in self.events if e.job_id == job_id and e.seq > after]
+        return [e for e in kept if not names or e.name in names][:limit]
+
     async def aclose(self) -> None:
         pass
 
@@ -207,3 +220,88 @@ def test_the_page_keeps_a_bounded_number_of_finished_jobs(serve: Serve, page: Pa
     # The two newest finished jobs stay; the older ones went.
     expect(page.locator("tr[data-job-id]")).to_have_count(2)
     assert sorted(row_ids(page)) == sorted(started[2:])
+
+
+# -- queue features -------------------------------------------------------------------------
+
+
+def post(server: Server, task: str, params: dict[str, Any], **query: Any) -> str:
+    response = httpx.post(f"{server.url}/api/tasks/{task}/jobs", json=params, params=query)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def test_a_retried_job_shows_its_attempts_and_a_delayed_one_its_countdown(
+    serve: Serve, page: Page
+) -> None:
+    _, server = serve()
+    open_dashboard(page, server)
+    delayed = post(server, "count", {"n": 1}, delay=120, priority=3)
+    row = page.locator(f'tr[data-job-id="{delayed}"]')
+    expect(row).to_have_attribute("data-state", "queued")
+    note = row.locator('[data-part="note"]')
+    expect(note).to_contain_text("starts in 1m 5")  # 1m 59s or so, counting down
+    expect(note).to_contain_text("priority 3")
+
+    flaky = post(server, "flaky", {"name": "page", "failures": 1})
+    row = page.locator(f'tr[data-job-id="{flaky}"]')
+    expect(row.locator('[data-part="note"]')).to_contain_text("attempt 2 of 4")
+    expect(row).to_have_attribute("data-state", "succeeded")
+    expect(row.locator('[data-part="note"]')).to_have_text("attempt 2 of 4")
+
+
+def test_a_finished_job_can_be_run_again_and_deleted(serve: Serve, page: Page) -> None:
+    _, server = serve()
+    open_dashboard(page, server)
+    done = post(server, "count", {"n": 4})
+    row = page.locator(f'tr[data-job-id="{done}"]')
+    expect(row).to_have_attribute("data-state", "succeeded")
+    expect(row.locator("button.cancel")).to_be_hidden()
+
+    row.locator("button.rerun").click()
+    expect(page.locator("tr[data-job-id]")).to_have_count(2)
+    again = next(job for job in row_ids(page) if job != done)
+    expect(page.locator(f'tr[data-job-id="{again}"]')).to_have_attribute("data-state", "succeeded")
+    assert httpx.get(f"{server.url}/api/jobs/{again}").json()["params"] == {"n": 4}
+
+    other = page.context.new_page()  # a second page learns of the delete from its stream
+    open_dashboard(other, server)
+    expect(other.locator(f'tr[data-job-id="{done}"]')).to_have_count(1)
+    row.locator("button.delete").click()
+    expect(page.locator(f'tr[data-job-id="{done}"]')).to_have_count(0)
+    expect(other.locator(f'tr[data-job-id="{done}"]')).to_have_count(0)
+    assert httpx.get(f"{server.url}/api/jobs/{done}").status_code == 404
+
+
+def test_a_cancel_shows_cancelling_until_the_job_stops(serve: Serve, page: Page) -> None:
+    _, server = serve()
+    open_dashboard(page, server)
+    job = post(server, "stubborn", {"seconds": 2})  # ignores the cancel until it is done
+    row = page.locator(f'tr[data-job-id="{job}"]')
+    expect(row).to_have_attribute("data-state", "running")
+    row.locator("button.cancel").click()
+    expect(row.locator('[data-part="note"]')).to_have_text("cancelling…")
+    expect(row.locator("button.cancel")).to_have_text("Cancelling…")
+    expect(row.locator("button.cancel")).to_be_disabled()
+    expect(row).to_have_attribute("data-state", "cancelled", timeout=10_000)
+    expect(row.locator('[data-part="note"]')).to_have_text("")
+
+
+def test_the_schedules_show_their_next_run_and_pause_and_resume(serve: Serve, page: Page) -> None:
+    from tests.apps import make_jobs
+
+    jobs = make_jobs()
+    jobs.schedule("nightly", "count", cron="0 2 * * *", params={"n": 1})
+    _, server = serve(jobs)
+    open_dashboard(page, server)
+    item = page.locator('#schedule-list li[data-name="nightly"]')
+    expect(item).to_contain_text("0 2 * * *")
+    expect(item.locator('[data-part="next"]')).to_contain_text("next in")
+
+    item.get_by_role("button", name="Pause schedule nightly").click()
+    expect(item.locator('[data-part="next"]')).to_have_text("paused")
+    assert httpx.get(f"{server.url}/api/schedules").json()[0]["paused"] is True
+    item.get_by_role("button", name="Resume schedule nightly").click()
+    expect(item.locator('[data-part="next"]')).to_contain_text("next in")
+    assert httpx.get(f"{server.url}/api/schedules").json()[0]["paused"] is False

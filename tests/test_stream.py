@@ -211,3 +211,41 @@ async def test_head_answers_headers_without_streaming(
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.content == b""
     assert jobs.runner.log.subscribers == 0
+
+
+async def test_a_job_stream_replays_from_the_store_what_memory_no_longer_holds(
+    serve: Serve, client: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    # Memory holds 1,000 events; a job of 10,000 lines runs after the first job ended.
+    jobs, server = serve(db=str(tmp_path / "jobs.db"), event_buffer=1000, max_log_lines=20_000)
+    early = await start(client, server, "shout", lines=50)
+    async with open_stream(client, f"{server.url}/api/jobs/{early}/events") as stream:
+        live = await stream.rest()
+    flood = await start(client, server, "flood", lines=10_000, width=10)
+    async with open_stream(client, f"{server.url}/api/jobs/{flood}/events") as stream:
+        await stream.until(ends(flood))
+    assert jobs.runner.log.first_seq > live[-1].id  # memory lost all of the first job
+
+    url = f"{server.url}/api/jobs/{early}/events"
+    async with open_stream(client, url) as stream:
+        replay = await stream.rest()
+    assert [(frame.id, frame.event) for frame in replay] == [
+        (frame.id, frame.event) for frame in live
+    ]
+    assert [frame.data["line"] for frame in replay if frame.event == "log"] == [
+        f"line {i}" for i in range(50)
+    ]
+    # Resumed in the middle: the rest of it, from the store, nothing twice.
+    middle = live[20].id
+    async with open_stream(client, url, last_event_id=middle) as stream:
+        rest = await stream.rest()
+    assert [frame.id for frame in rest] == [frame.id for frame in live[21:]]
+    # The long job itself, from the start, across the store and memory.
+    async with open_stream(client, f"{server.url}/api/jobs/{flood}/events") as stream:
+        whole = await stream.rest()
+    lines = [frame.data["line"] for frame in whole if frame.event == "log"]
+    assert (
+        len(lines) == 10_000 and lines[0].startswith("000000 ") and lines[-1].startswith("009999 ")
+    )
+    ids = [frame.id or 0 for frame in whole]
+    assert ids == sorted(set(ids)) and whole[-1].event == "succeeded"

@@ -26,6 +26,7 @@ from .exceptions import (
     TooManyStreams,
     Unauthorized,
     UnknownJob,
+    UnknownSchedule,
     UnknownTask,
 )
 from .jobs import TERMINAL_STATES, Job, JobState, Progress
@@ -58,6 +59,7 @@ __all__ = [
     "TooManyStreams",
     "Unauthorized",
     "UnknownJob",
+    "UnknownSchedule",
     "UnknownTask",
     "__version__",
 ]

@@ -24,7 +24,7 @@ from .jobs import MAX_PRIORITY, JobState
 from .lifecycle import Placement
 from .policy import Policy
 from .responses import SafeJSONResponse, error_response, validation_response
-from .schemas import DuplicateOut, ErrorOut, JobOut, LogLineOut, TaskOut
+from .schemas import DuplicateOut, ErrorOut, JobOut, LogLineOut, ScheduleOut, TaskOut
 from .security import Guard
 from .service import Service, service_of
 from .settings import Settings
@@ -429,6 +429,32 @@ def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots)
         current = service_of(request.scope)
         lines = await current.logs(job_id, after=after, limit=limit)
         return SafeJSONResponse(lines)
+
+    @reads.get("/api/schedules", response_model=list[ScheduleOut], tags=["schedules"])
+    async def list_schedules(request: Request) -> Response:
+        """The schedules that start jobs, with when each runs next (null while paused)."""
+        return SafeJSONResponse(await service_of(request.scope).schedules())
+
+    @writes.post(
+        "/api/schedules/{name}/pause",
+        response_model=ScheduleOut,
+        responses=_ERRORS,
+        tags=["schedules"],
+    )
+    async def pause_schedule(request: Request, name: str) -> Response:
+        """Start no more jobs on this schedule until it is resumed."""
+        return SafeJSONResponse(await service_of(request.scope).pause(name))
+
+    @writes.post(
+        "/api/schedules/{name}/resume",
+        response_model=ScheduleOut,
+        responses=_ERRORS,
+        tags=["schedules"],
+    )
+    async def resume_schedule(request: Request, name: str) -> Response:
+        """Start jobs on this schedule again, from its next due time (what it missed while
+        paused is not made up for)."""
+        return SafeJSONResponse(await service_of(request.scope).pause(name, paused=False))
 
     job_stream_responses: dict[int | str, dict[str, Any]] = {
         **_ERRORS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, Unpack, overload
@@ -19,6 +19,7 @@ from .api import build_router
 from .eventlog import EventLog
 from .exceptions import NotAccepting
 from .runner import Runner
+from .schedules import Schedule
 from .service import STATE_KEY, Service
 from .settings import Settings
 from .store import MemoryStore, ReportsWrites, SqliteStore, Store
@@ -116,6 +117,26 @@ class JobCast:
         """
         self.tasks.register_command(name, argv, **options)
 
+    def schedule(
+        self,
+        name: str,
+        task: str,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> Schedule:
+        """Start a job of ``task`` with ``params`` on a schedule: a ``cron`` expression (five
+        fields, or six with seconds first; in UTC) or ``every`` so many seconds.
+
+        One job starts per due time across every process of a deployment. After downtime,
+        the due times missed start one job at start-up, not one each. ``@jobs.task(schedule=
+        ..., every=..., schedule_params=...)`` declares a schedule named after the task.
+        """
+        return self.tasks.add_schedule(
+            Schedule(name, task, cron=cron, every=every, params=dict(params or {}))
+        )
+
     @property
     def runner(self) -> Service:
         """The running service, for code of this process (routes take it from the lifespan's
@@ -178,7 +199,7 @@ class JobCast:
 
         async def start(task_group: TaskGroup) -> Service:
             runner = Runner(self.tasks, log, store, settings, task_group)
-            await runner.start(recovered.jobs)
+            await runner.start(recovered.jobs, recovered.state)
             return runner
 
         try:

@@ -22,6 +22,7 @@ __all__ = [
     "TooManyStreams",
     "Unauthorized",
     "UnknownJob",
+    "UnknownSchedule",
     "UnknownTask",
 ]
 
@@ -104,6 +105,20 @@ class JobFinished(JobcastError):
         self.state = state
         super().__init__(
             f"job {job_id!r} already finished as {state!r}; there is nothing to cancel"
+        )
+
+
+class UnknownSchedule(JobcastError):
+    """Raised for a schedule name that is not registered."""
+
+    status_code = 404
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        choices = ", ".join(sorted(known)) or "none are registered"
+        super().__init__(
+            f"no schedule named {_shown(name)}; choose one of: {choices} "
+            "(GET /api/schedules lists them)"
         )
 
 

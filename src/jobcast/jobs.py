@@ -207,11 +207,13 @@ class Job:
     #: The attempt that runs, or ran last (1-based), and how many its task allows.
     attempt: int = 1
     max_attempts: int = 1
-    #: When a queued job becomes runnable (a delay, or a retry's wait); None: at once.
+    #: When the job became runnable, if not at once: a delay, a retry's wait, or the due
+    #: time of the schedule's tick that started it. A queued job waits until then.
     run_at: float | None = None
     priority: int = 0  # higher runs first; first in, first out within a priority
     schedule: str | None = None  # the name of the schedule that started it
     cancelling: bool = False  # asked to stop, not ended yet
+    tick: float | None = None  # the due time of the schedule's tick that started it
     first_seq: int = 0  # sequence number of the job's first event
     last_seq: int = 0  # sequence number of the job's newest state or progress event
     updated_at: float = 0.0  # when its newest state or progress event happened

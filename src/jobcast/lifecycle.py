@@ -20,6 +20,7 @@ from ._execution import Outcome, finish, requeue
 from .backends.base import Backend, Refused
 from .exceptions import DuplicateJob, JobActive, JobFinished, NotAccepting, QueueFull
 from .jobs import Job, JobError, JobState, now
+from .schedules import Schedule, Scheduler
 from .settings import Settings
 from .table import Submitted
 from .tasks import Task, TaskRegistry
@@ -36,8 +37,10 @@ class Placement(TypedDict, total=False):
     run_at: float | None
     #: Higher runs first (from ``-MAX_PRIORITY`` to ``MAX_PRIORITY``); 0 by default.
     priority: int
-    #: The name of the schedule that starts it.
+    #: The name of the schedule that starts it, and the due time of the tick it is: one job
+    #: per tick (a tick that has its job already is refused: ``Refused("ticked")``).
     schedule: str | None
+    tick: float
 
 
 def twin_key(task: Task, params: dict[str, Any]) -> str:
@@ -47,6 +50,10 @@ def twin_key(task: Task, params: dict[str, Any]) -> str:
         return ""
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:32]
     return f"{task.name}:{digest}"
+
+
+def _microseconds(ts: float | None) -> float | None:
+    return None if ts is None else round(ts, 6)
 
 
 def _retried(task: Task, job: Job, outcome: Outcome) -> bool:
@@ -87,15 +94,22 @@ class Lifecycle:
             raise NotAccepting("the server is shutting down")
         task = self.registry.get(task_name)
         values = task.validate(params)
-        run_at, created = placement.get("run_at"), now()
+        run_at, tick, created = placement.get("run_at"), placement.get("tick"), now()
+        # Times to the microsecond, as a snapshot writes them (see jobs.now).
+        run_at, tick = _microseconds(run_at), _microseconds(tick)
+        if tick is not None:
+            run_at = tick  # a schedule's job is runnable from its due time
+        elif run_at is not None and run_at <= created:
+            run_at = None  # a time past: at once
         job = Job(
             task=task.name,
             params=values,
             created_at=created,
             max_attempts=task.retries + 1,
-            run_at=run_at if run_at is not None and run_at > created else None,
+            run_at=run_at,
             priority=placement.get("priority", 0),
             schedule=placement.get("schedule"),
+            tick=tick,
         )
         try:
             await self.backend.admit(job, twin=twin_key(task, values))
@@ -110,11 +124,28 @@ class Lifecycle:
             raise DuplicateJob(other.id, task.name, other.shown or other.snapshot()) from None
         return Submitted(job, created=True)
 
+    async def start_tick(self, schedule: Schedule, tick: float) -> str | None:
+        """Start the job of ``schedule``'s tick due at ``tick``; its id, or None when another
+        process of the deployment started it first."""
+        try:
+            job, _ = await self.submit(
+                schedule.task, dict(schedule.params), schedule=schedule.name, tick=tick
+            )
+        except Refused as refused:
+            if refused.reason == "ticked":
+                return None
+            raise
+        return job.id
+
+    def scheduler(self) -> Scheduler:
+        """What starts the jobs of the registered schedules (run it in a task group)."""
+        return Scheduler(list(self.registry.schedules.values()), self.backend, self.start_tick)
+
     async def start(self, job: Job, worker: str) -> bool:
         """Mark ``job`` running on ``worker``; whether it is still queued and so its to run."""
         started = copy.copy(job)
         started.state, started.started_at = JobState.RUNNING, now()
-        started.run_at, started.error = None, None  # the error of an attempt before
+        started.error = None  # the error of an attempt before
         try:
             await self.backend.change(
                 started, JobState.RUNNING.value, expect_state=JobState.QUEUED, hand_to=worker

@@ -79,7 +79,7 @@ class Runner(Service):
                 await self.log.wait_stored(job.last_seq)
         return job
 
-    async def start(self, jobs: list[Job]) -> None:
+    async def start(self, jobs: list[Job], state: dict[str, dict[str, Any]]) -> None:
         """Take back the jobs a durable store kept, and go: queued ones run again.
 
         A job that was running when the process stopped cannot be resumed mid-way: its
@@ -87,7 +87,7 @@ class Runner(Service):
         when its task is declared ``retry_on_restart`` (ahead of the jobs still waiting),
         and ends ``interrupted`` otherwise, when it was last known running.
         """
-        gone = self.backend.restore(jobs)
+        gone = self.backend.restore(jobs, state)
         await self.lifecycle.all_gone(
             gone,
             "the server stopped while the job was running",
@@ -95,6 +95,7 @@ class Runner(Service):
         )
         await self.worker.take()  # what waited starts now, as there is room
         self._task_group.start_soon(self.worker.run, name="jobcast worker")
+        self._task_group.start_soon(self.lifecycle.scheduler().run, name="jobcast schedules")
 
     async def shutdown(self) -> None:
         """Stop accepting jobs, stop the running ones within the grace period, record them.

@@ -15,6 +15,7 @@ __all__ = [
     "JobOut",
     "LogLineOut",
     "ProgressOut",
+    "ScheduleOut",
     "TaskOut",
 ]
 
@@ -49,7 +50,10 @@ class JobOut(BaseModel):
     error: JobErrorOut | None
     attempt: int = Field(description="the attempt that runs, or ran last (1-based)")
     max_attempts: int = Field(description="1 plus the retries its task allows")
-    run_at: str | None = Field(description="when a queued job becomes runnable; null: at once")
+    run_at: str | None = Field(
+        description="when the job became runnable, if not at once (a delay, a retry's wait, "
+        "a schedule's due time): a queued job waits until then"
+    )
     priority: int = Field(description="higher runs first; first in, first out within one")
     schedule: str | None = Field(description="the schedule that started it, if one did")
     cancelling: bool = Field(description="asked to stop, and not ended yet")
@@ -61,6 +65,18 @@ class LogLineOut(BaseModel):
     id: int = Field(description="its event id (page on with ?after=)")
     ts: float = Field(description="when it was logged, in Unix seconds")
     line: str
+
+
+class ScheduleOut(BaseModel):
+    """A schedule that starts jobs of a task."""
+
+    name: str
+    task: str
+    expression: str = Field(description="a cron expression (UTC), or `every N s`")
+    params: dict[str, Any]
+    paused: bool
+    next_run_at: str | None = Field(description="when its next job starts; null while paused")
+    last_job_id: str | None = Field(description="the job it started last, if any")
 
 
 class TaskOut(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, Unpack
 
@@ -81,16 +82,22 @@ class Service:
         after = max(after, job.first_seq - 1)
         found: list[Event] = []
         if after + 1 < log.first_seq:
-            kept = await self.backend.history(
-                job, after=after, before=log.first_seq, limit=limit, names=names
-            )
-            found, after = kept, log.first_seq - 1
+            found = await self.kept(job, after=after, limit=limit, names=names)
+            after = log.first_seq - 1
         for event in log.iter_after(after):
             if len(found) >= limit or event.seq > log.visible_seq:
                 break
             if event.job_id == job.id and (not names or event.name in names):
                 found.append(event)
         return found
+
+    async def kept(
+        self, job: Job, *, after: int, limit: int, names: tuple[str, ...] = ()
+    ) -> list[Event]:
+        """The events of ``job`` after ``after`` that the event log no longer holds, from
+        where the backend keeps them, oldest first."""
+        before = self.log.first_seq
+        return await self.backend.history(job, after=after, before=before, limit=limit, names=names)
 
     async def logs(self, job_id: str, *, after: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """The log lines of ``job_id`` after the line ``after``, oldest first, with their
@@ -114,6 +121,22 @@ class Service:
     ) -> Submitted:
         """Queue a job (see :meth:`~jobcast.lifecycle.Lifecycle.submit`)."""
         return await self.lifecycle.submit(task_name, params, **placement)
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Each schedule as ``GET /api/schedules`` shows it."""
+        schedules = list(self.registry.schedules.values())
+        states = await self.backend.schedule_states([schedule.name for schedule in schedules])
+        now = time.time()
+        return [schedule.info(states[schedule.name], now) for schedule in schedules]
+
+    async def pause(self, name: str, paused: bool = True) -> dict[str, Any]:
+        """Pause a schedule (no job starts until it is resumed), or resume it: counted
+        from now, the ticks missed meanwhile are not made up for. Raises
+        :class:`~jobcast.UnknownSchedule`."""
+        schedule = self.registry.schedule(name)
+        await self.backend.set_paused(name, paused, time.time())
+        (state,) = (await self.backend.schedule_states([name])).values()
+        return schedule.info(state, time.time())
 
     async def rerun(self, job_id: str) -> Submitted:
         """Queue a new job of the same task, with the same params and priority, as

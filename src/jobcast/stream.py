@@ -325,23 +325,32 @@ async def job_stream(
     position = last_event_id(request)
     if position is not None and job.finished and position >= job.last_seq:
         return Response(status_code=204)
-    first = _retry_frame(runner.settings.retry_ms)
-    if position is None:
-        if job.first_seq >= log.first_seq:  # its whole history is still retained
-            position = job.first_seq - 1
-        else:
-            frame, position = snapshot()
+    start = job.first_seq - 1 if position is None else max(position, job.first_seq - 1)
+
+    async def frames() -> AsyncIterator[bytes]:
+        first, at = _retry_frame(runner.settings.retry_ms), start
+        if at + 1 < log.first_seq and not runner.backend.durable and position is None:
+            frame, at = snapshot()  # nothing keeps what memory lost: the job as it is
             first += frame
-    frames = _follow(
-        log,
-        position,
-        first=first,
-        accept=lambda event: event.job_id == job.id,
-        snapshot=snapshot,
-        done=lambda position: job.finished and position >= job.last_seq,
-        catch_up=runner.catch_up,
-    )
-    return _open(streams, request, runner, frames)
+        # What memory no longer holds of the job comes from where it is kept (the store,
+        # Redis), a page at a time, until memory takes over.
+        while at + 1 < log.first_seq and at <= log.last_seq and runner.backend.durable:
+            kept = await runner.kept(job, after=at, limit=READ_LIMIT)
+            yield first + b"".join(event.frame for event in kept)
+            first = b""
+            at = kept[-1].seq if len(kept) == READ_LIMIT else log.first_seq - 1
+        async for frame in _follow(
+            log,
+            at,
+            first=first,
+            accept=lambda event: event.job_id == job.id,
+            snapshot=snapshot,
+            done=lambda position: job.finished and position >= job.last_seq,
+            catch_up=runner.catch_up,
+        ):
+            yield frame
+
+    return _open(streams, request, runner, frames())
 
 
 async def wait_for_exit_signal() -> None:

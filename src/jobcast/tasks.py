@@ -15,14 +15,16 @@ from pydantic_core import PydanticCustomError
 from ._limits import check_params
 from ._wire import safe_text
 from .commands import check_template
-from .exceptions import TaskError, UnknownTask
+from .exceptions import TaskError, UnknownSchedule, UnknownTask
 from .executors import CommandExecutor, Executor, ProcessExecutor, ThreadExecutor
+from .schedules import Schedule
 
 __all__ = [
     "CommandOptions",
     "Duplicates",
     "FunctionOptions",
     "Mode",
+    "ScheduleOptions",
     "Task",
     "TaskOptions",
     "TaskRegistry",
@@ -55,7 +57,16 @@ class TaskOptions(TypedDict, total=False):
     retry_on: type[BaseException] | tuple[type[BaseException], ...]
 
 
-class FunctionOptions(TaskOptions, total=False):
+class ScheduleOptions(TypedDict, total=False):
+    """A task may start on a schedule of its own: a cron expression (five fields, or six
+    with seconds first; in UTC) or every so many seconds, with these params."""
+
+    schedule: str
+    every: float
+    schedule_params: Mapping[str, Any]
+
+
+class FunctionOptions(TaskOptions, ScheduleOptions, total=False):
     """The options of ``@jobs.task(...)``: the shared ones, and how the function runs."""
 
     name: str
@@ -63,7 +74,7 @@ class FunctionOptions(TaskOptions, total=False):
     nice: int
 
 
-class CommandOptions(TaskOptions, total=False):
+class CommandOptions(TaskOptions, ScheduleOptions, total=False):
     """The options of ``jobs.command(...)``: the shared ones, and the program's params and
     surroundings."""
 
@@ -224,6 +235,34 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
+        #: The schedules that start jobs of these tasks, by name.
+        self.schedules: dict[str, Schedule] = {}
+
+    def add_schedule(self, schedule: Schedule) -> Schedule:
+        """Register ``schedule``; its task must be registered and accept its params."""
+        if schedule.name in self.schedules:
+            raise ValueError(f"a schedule named {schedule.name!r} is already registered")
+        if schedule.task not in self._tasks:
+            raise ValueError(
+                f"schedule {schedule.name!r}: no task named {schedule.task!r}; register the "
+                "task first"
+            )
+        task = self._tasks[schedule.task]
+        try:
+            task.validate(dict(schedule.params))
+        except ValidationError as exc:
+            raise ValueError(
+                f"schedule {schedule.name!r}: its params are not valid for task "
+                f"{task.name!r}: {exc}"
+            ) from None
+        self.schedules[schedule.name] = schedule
+        return schedule
+
+    def schedule(self, name: str) -> Schedule:
+        try:
+            return self.schedules[name]
+        except KeyError:
+            raise UnknownSchedule(name, list(self.schedules)) from None
 
     def register(
         self,
@@ -232,6 +271,9 @@ class TaskRegistry:
         name: str | None = None,
         mode: Mode = "thread",
         nice: int = 10,
+        schedule: str | None = None,
+        every: float | None = None,
+        schedule_params: Mapping[str, Any] | None = None,
         **options: Unpack[TaskOptions],
     ) -> Task:
         """Register a function as a task run in a thread, or a worker process; its
@@ -256,7 +298,7 @@ class TaskRegistry:
             options["description"] = _describe(func)
         model = params_model(func, name)
         task = Task(name=name, executor=executor, params_model=model, **options)
-        return self._add(task)
+        return self._add(task, Schedule.of(name, schedule, every, schedule_params))
 
     def register_command(
         self,
@@ -267,6 +309,9 @@ class TaskRegistry:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         success_codes: Collection[int] = (0,),
+        schedule: str | None = None,
+        every: float | None = None,
+        schedule_params: Mapping[str, Any] | None = None,
         **options: Unpack[TaskOptions],
     ) -> Task:
         """Register a command task: ``argv`` with ``{param}`` placeholders, never a shell.
@@ -285,7 +330,7 @@ class TaskRegistry:
         )
         model = _model(name, fields)
         task = Task(name=name, executor=executor, params_model=model, **options)
-        return self._add(task)
+        return self._add(task, Schedule.of(name, schedule, every, schedule_params))
 
     def _check_name(self, name: str) -> None:
         if not name.replace("-", "_").isidentifier():
@@ -293,7 +338,7 @@ class TaskRegistry:
         if name in self._tasks:
             raise ValueError(f"name {name!r} is already registered")
 
-    def _add(self, task: Task) -> Task:
+    def _add(self, task: Task, schedule: Schedule | None = None) -> Task:
         if task.max_concurrency is not None and task.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be at least 1, got {task.max_concurrency!r}")
         if task.timeout is not None and not task.timeout > 0:
@@ -317,6 +362,12 @@ class TaskRegistry:
                 f"retry_on must be a tuple of exception classes, got {task.retry_on!r}"
             )
         self._tasks[task.name] = task
+        if schedule is not None:
+            try:
+                self.add_schedule(schedule)
+            except ValueError:
+                del self._tasks[task.name]
+                raise
         return task
 
     def get(self, name: str) -> Task:

@@ -24,6 +24,9 @@ Layout, under a prefix (``jobcast`` by default):
 ``{p}:claimed:<worker>``
     the ids of the jobs a worker took from the queue (running, or about to): what is taken
     back when it dies.
+``{p}:schedule:<name>``
+    a schedule's state: ``tick`` (the newest due time claimed, each by the one job made with
+    the claim), ``paused``, ``last_job``.
 ``{p}:twin:<task>:<digest>``
     the id of the active job of a task that refuses or joins duplicates.
 ``{p}:worker:<name>``
@@ -129,6 +132,9 @@ class Keys:
     def worker(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
 
+    def schedule(self, name: str) -> str:
+        return f"{self.prefix}:schedule:{name}"
+
     def twin(self, key: str) -> str:
         """The key of a duplicate key (:func:`jobcast.lifecycle.twin_key`)."""
         return f"{self.prefix}:twin:{key}"
@@ -158,13 +164,14 @@ def connect(url: str) -> Redis:
 # job another worker now owns; nothing is ever published for a finished job.
 _CHANGE = """
 local TERMINAL = {succeeded=true, failed=true, cancelled=true, interrupted=true}
-local seq_key, events, job, waiting, jobs, ready, twin, later, work = unpack(KEYS)
+local seq_key, events, job, waiting, jobs, ready, twin, later, work, schedule = unpack(KEYS)
 local id, task, name, ts, data, state, snap = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
     ARGV[6], ARGV[7]
 local expect_state, expect_worker, set_worker, enqueue = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local max_events, retain_s, create, max_queue, prefix, run_at = ARGV[12], ARGV[13],
     ARGV[14], ARGV[15], ARGV[16], ARGV[17]
 local remove = ARGV[18] == '1'  -- a finished job is deleted: the one change it may take
+local tick = ARGV[19]  -- the due time of the schedule's tick a new job is
 
 local current = redis.call('HMGET', job, 'state', 'worker')
 if create == '1' then
@@ -176,6 +183,10 @@ if create == '1' then
         end
     end
     if redis.call('SCARD', waiting) >= tonumber(max_queue) then return {0, 'full'} end
+    if tick ~= '' then
+        local claimed = redis.call('HGET', schedule, 'tick')
+        if claimed and tonumber(claimed) >= tonumber(tick) then return {0, 'ticked'} end
+    end
 else
     if not current[1] then return {0, 'gone'} end
     if remove then
@@ -199,6 +210,7 @@ if create == '1' then
     redis.call('HSET', job, 'first', seq, 'task', task, 'twin', twin)
     redis.call('ZADD', jobs, seq, id)
     if twin ~= '' then redis.call('SET', twin, id) end
+    if tick ~= '' then redis.call('HSET', schedule, 'tick', tick, 'last_job', id) end
 end
 if state ~= '' then
     redis.call('HSET', job, 'state', state, 'snap', snap)
@@ -365,6 +377,8 @@ class Change:
     create: bool = False
     twin: str = ""
     remove: bool = False  # delete the job (finished), after publishing the event
+    schedule: str = ""  # the schedule whose tick a new job is, claimed with it
+    tick: float | None = None
 
     @classmethod
     def of(cls, job: Job, name: str, *, enqueue: bool = False, **checks: Any) -> Change:
@@ -441,6 +455,7 @@ class Scripts:
                 change.twin,
                 keys.later,
                 keys.work,
+                keys.schedule(change.schedule) if change.schedule else "",
             ],
             args=[
                 change.job_id,
@@ -461,6 +476,7 @@ class Scripts:
                 keys.prefix,
                 "" if change.run_at is None else repr(change.run_at),
                 "1" if change.remove else "0",
+                "" if change.tick is None else repr(change.tick),
             ],
             client=pipe,
         )

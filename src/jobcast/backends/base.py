@@ -15,6 +15,7 @@ from .._execution import Publisher
 from ..eventlog import EventLog
 from ..events import Event
 from ..jobs import Job, JobState
+from ..schedules import ScheduleBook
 from ..table import JobTable
 
 __all__ = ["Backend", "Checks", "Refused", "Room"]
@@ -49,8 +50,8 @@ class Checks(TypedDict, total=False):
     enqueue: bool
 
 
-class Backend(Protocol):
-    """The jobs of a service, their queue and their events."""
+class Backend(ScheduleBook, Protocol):
+    """The jobs of a service, their queue and their events, and the schedules' states."""
 
     #: The jobs as this process knows them, and its event log (what the streams read).
     table: JobTable
@@ -60,7 +61,8 @@ class Backend(Protocol):
 
     async def admit(self, job: Job, *, twin: str) -> None:
         """Make ``job`` (queued) and queue it, once it is stored; raise :class:`Refused`
-        (``twin``) when ``twin`` names an active job, or (``full``) when the queue is full."""
+        (``twin``) when ``twin`` names an active job, (``full``) when the queue is full, or
+        (``ticked``) when ``job`` is the tick of a schedule (``job.tick``) that has its job."""
         ...
 
     async def change(self, update: Job, name: str, **checks: Unpack[Checks]) -> None:

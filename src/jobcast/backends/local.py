@@ -23,6 +23,7 @@ from ..eventlog import EventLog
 from ..events import Event, job_payload
 from ..exceptions import StoreError, StoreUnavailable
 from ..jobs import Job, JobState
+from ..schedules import ScheduleState
 from ..settings import Settings
 from ..store import ReportsWrites, Store
 from ..table import JobTable
@@ -102,6 +103,7 @@ class LocalBackend:
         self._twin_of: dict[str, str] = {}  # and back
         self._on_cancel: dict[str, Callable[[str], None]] = {}
         self._on_work: list[Callable[[], None]] = []
+        self._schedules: dict[str, ScheduleState] = {}
         #: Why the store cannot write now, if it cannot: new jobs are refused meanwhile.
         self.store_problem: StoreError | None = None
         if isinstance(store, ReportsWrites):
@@ -117,10 +119,14 @@ class LocalBackend:
             raise Refused("twin", self.table.jobs[self._twins[twin]])
         if len(self._queue) >= self.settings.max_queue:
             raise Refused("full")
+        schedule = self._ticked(job)
         self.table.jobs[job.id] = job
         if twin:
             self._twins[twin], self._twin_of[job.id] = job.id, twin
-        self._publisher.state(job, JobState.QUEUED.value)
+        self._publisher.state(job, JobState.QUEUED.value)  # kept with its tick, if one
+        if schedule is not None:
+            schedule.tick, schedule.last_job_id = job.tick, job.id
+            self._keep_schedule(job.schedule or "")
         self._enqueue(job)
         self._evict()
         await self._until_stored(job)
@@ -227,15 +233,56 @@ class LocalBackend:
             readings["problem"] = str(self.store_problem)
         return readings
 
+    # -- the schedules (ScheduleBook) ------------------------------------------------------------
+
+    async def schedule_states(self, names: list[str]) -> dict[str, ScheduleState]:
+        return {name: copy.copy(self._schedules.get(name, ScheduleState())) for name in names}
+
+    async def start_counting(self, name: str, since: float) -> None:
+        state = self._schedules.setdefault(name, ScheduleState())
+        if state.tick is None:
+            state.tick = since
+            self._keep_schedule(name)
+
+    async def set_paused(self, name: str, paused: bool, tick: float) -> None:
+        state = self._schedules.setdefault(name, ScheduleState())
+        state.paused = paused
+        if not paused:
+            state.tick = max(state.tick or tick, tick)
+        self._keep_schedule(name)
+
+    def _ticked(self, job: Job) -> ScheduleState | None:
+        """The state of the schedule whose tick ``job`` is; :class:`Refused` (``ticked``)
+        when that tick has started its job already."""
+        if job.tick is None or job.schedule is None:
+            return None
+        state = self._schedules.setdefault(job.schedule, ScheduleState())
+        if state.tick is not None and state.tick >= job.tick:
+            raise Refused("ticked")
+        return state
+
+    def _keep_schedule(self, name: str) -> None:
+        state = self._schedules[name]
+        value = {"tick": state.tick, "paused": state.paused, "last_job_id": state.last_job_id}
+        self._store.set_state(f"schedule:{name}", value)
+
     # -- this process's own ---------------------------------------------------------------------
 
-    def restore(self, jobs: list[Job]) -> list[Job]:
-        """Take back the jobs the store kept, oldest first; queue those that were queued.
+    def restore(self, jobs: list[Job], state: dict[str, dict[str, Any]]) -> list[Job]:
+        """Take back the jobs the store kept, oldest first, and the schedules' states; queue
+        the jobs that were queued.
 
         Returns the jobs that were running when the process stopped: their worker is gone.
         """
+        for key, value in state.items():
+            if key.startswith("schedule:"):
+                self._schedules[key.removeprefix("schedule:")] = ScheduleState(**value)
         running: list[Job] = []
         for job in jobs:
+            if job.schedule is not None and job.tick is not None:  # its tick was claimed
+                schedule = self._schedules.setdefault(job.schedule, ScheduleState())
+                if schedule.tick is None or schedule.tick < job.tick:
+                    schedule.tick, schedule.last_job_id = job.tick, job.id
             self.table.jobs[job.id] = job
             job.shown = job.snapshot()  # it is what the store holds
             if job.state is JobState.QUEUED:

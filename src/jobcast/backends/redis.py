@@ -35,6 +35,7 @@ from ..eventlog import EventLog
 from ..events import Event
 from ..exceptions import BackendUnavailable, UnknownJob
 from ..jobs import Job, JobState
+from ..schedules import ScheduleState
 from ..settings import Settings, without_password
 from ..table import JobTable
 from ._redis import (
@@ -180,7 +181,14 @@ class RedisBackend:
     async def admit(self, job: Job, *, twin: str) -> None:
         key = self._keys.twin(twin) if twin else ""
         change = Change.of(
-            job, JobState.QUEUED.value, create=True, enqueue=True, twin=key, set_worker=""
+            job,
+            JobState.QUEUED.value,
+            create=True,
+            enqueue=True,
+            twin=key,
+            set_worker="",
+            schedule="" if job.tick is None else job.schedule or "",
+            tick=job.tick,
         )
         try:
             seq = await self._apply(change)
@@ -326,6 +334,37 @@ class RedisBackend:
         jobs = self.table.jobs.values()
         running = sum(not job.finished and job.started_at is not None for job in jobs)
         return {"redis": "ok", "workers": workers, "running": running, "queued": queued}
+
+    # -- the schedules (ScheduleBook) ------------------------------------------------------------
+
+    async def schedule_states(self, names: list[str]) -> dict[str, ScheduleState]:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hmget(self._keys.schedule(name), "tick", "paused", "last_job")
+                rows = await pipe.execute() if names else []
+        except REDIS_DOWN as exc:
+            raise BackendUnavailable(self._url, str(exc)) from exc
+        return {
+            name: ScheduleState(None if tick is None else float(tick), paused == "1", last)
+            for name, (tick, paused, last) in zip(names, rows, strict=True)
+        }
+
+    async def start_counting(self, name: str, since: float) -> None:
+        try:
+            await self._redis.hsetnx(self._keys.schedule(name), "tick", repr(since))
+        except REDIS_DOWN as exc:
+            raise BackendUnavailable(self._url, str(exc)) from exc
+
+    async def set_paused(self, name: str, paused: bool, tick: float) -> None:
+        key = self._keys.schedule(name)
+        try:
+            if paused:
+                await self._redis.hset(key, "paused", "1")
+            else:  # ticks missed while paused are not made up for
+                await self._redis.hset(key, mapping={"paused": "0", "tick": repr(tick)})
+        except REDIS_DOWN as exc:
+            raise BackendUnavailable(self._url, str(exc)) from exc
 
     # -- an API process --------------------------------------------------------------------------
 

@@ -38,8 +38,10 @@ class Hub(Service):
         return cls(registry, settings, backend)
 
     async def start(self, task_group: TaskGroup) -> Hub:
-        """Follow the event stream, and take back the jobs of dead workers, in ``task_group``."""
+        """Follow the event stream, take back the jobs of dead workers, and start the jobs of
+        the schedules' ticks (as every process does), in ``task_group``."""
         self.backend.task_group = task_group
         task_group.start_soon(self.backend.follow, name="jobcast redis events")
         task_group.start_soon(self.backend.take_back, self.lifecycle, name="jobcast reaper")
+        task_group.start_soon(self.lifecycle.scheduler().run, name="jobcast schedules")
         return self

@@ -52,6 +52,7 @@ async def serve_worker(registry: TaskRegistry, settings: Settings) -> None:
             )
             reaper = functools.partial(backend.take_back, lifecycle, spare=name)
             group.start_soon(reaper, name=f"jobcast reaper {name}")
+            group.start_soon(lifecycle.scheduler().run, name=f"jobcast schedules {name}")
             group.start_soon(_on_signals, worker)
             logger.info("worker %s takes jobs (up to %d at once)", name, settings.max_workers)
             try:

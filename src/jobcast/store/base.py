@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..events import Event
 from ..exceptions import StoreError
@@ -19,11 +19,13 @@ class Recovered:
 
     ``jobs`` are oldest first, and so are ``events``, the newest stored ones. New events are
     numbered on from the last of ``events``, or from ``next_seq`` when there are none.
+    ``state`` holds the values kept with :meth:`Store.set_state`.
     """
 
     next_seq: int
     jobs: list[Job] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Store(Protocol):
@@ -50,6 +52,11 @@ class Store(Protocol):
 
     def forget(self, job_ids: list[str]) -> None:
         """Drop finished jobs that fell out of retention. Must not block."""
+        ...
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None:
+        """Keep ``value`` (JSON) under ``key``, as of the events recorded before it (a
+        schedule's state). Must not block."""
         ...
 
     def delete(self, job_id: str) -> None:

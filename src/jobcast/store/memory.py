@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ..events import Event
 from ..jobs import Job
@@ -28,6 +29,9 @@ class MemoryStore:
         pass
 
     def forget(self, job_ids: list[str]) -> None:
+        pass
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None:
         pass
 
     def delete(self, job_id: str) -> None:

@@ -109,9 +109,17 @@ _JobFields = tuple[
     float | None,  # finished_at
     int,  # first_seq
     int,  # last_seq
-    float,  # updated_at
+    dict[str, Any],  # kept beside the snapshot: updated_at, and a scheduled job's tick
     dict[str, Any],  # the snapshot
 ]
+
+
+@dataclass(slots=True, frozen=True)
+class _State:
+    """A value of the service's own, kept in the meta table (a schedule's state)."""
+
+    key: str
+    value: dict[str, Any]
 
 
 @dataclass(slots=True, frozen=True)
@@ -128,7 +136,10 @@ class _Flush:
     stop: bool = False
 
 
-_Item = tuple[Event, _JobFields | None] | _Forget | _Flush
+_Item = tuple[Event, _JobFields | None] | _Forget | _Flush | _State
+
+#: Where the service's own values are kept in the meta table, and how they are told apart.
+_STATE_PREFIX = "state:"
 
 
 class SqliteStore:
@@ -242,10 +253,14 @@ class SqliteStore:
             job.finished_at,
             job.first_seq,
             job.last_seq,
-            job.updated_at,
+            {"updated_at": job.updated_at, "tick": job.tick},
             job.snapshot(),
         )
         inbox.put((event, fields))
+
+    def set_state(self, key: str, value: dict[str, Any]) -> None:
+        if self._inbox is not None:
+            self._inbox.put(_State(key, value))
 
     def forget(self, job_ids: list[str]) -> None:
         if job_ids and self._inbox is not None:
@@ -423,6 +438,10 @@ class SqliteStore:
                     (self.tail,),
                 ).fetchall()
                 events = [Event(*row) for row in reversed(rows)]
+            rows = conn.execute(
+                "SELECT key, value FROM meta WHERE key LIKE ?", (_STATE_PREFIX + "%",)
+            ).fetchall()
+            state = {key.removeprefix(_STATE_PREFIX): json.loads(value) for key, value in rows}
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
         except (ValueError, KeyError, TypeError) as exc:
@@ -432,7 +451,7 @@ class SqliteStore:
                 "move it away to start afresh, or set JOBCAST_DB to another file",
             ) from exc
         self.committed_seq = newest
-        return Recovered(next_seq=newest + 1, jobs=jobs, events=events)
+        return Recovered(next_seq=newest + 1, jobs=jobs, events=events, state=state)
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         """A :class:`StoreError` saying what ``exc`` means for this file and what to do."""
@@ -528,6 +547,7 @@ class SqliteStore:
         jobs: dict[str, _JobFields] = {}  # each job once, as of its newest event
         forgotten: set[str] = set()
         deleted: set[str] = set()  # with their events
+        states: dict[str, str] = {}
         for item in batch:
             if type(item) is tuple:
                 event, fields = item
@@ -542,7 +562,9 @@ class SqliteStore:
                 forgotten.update(item.job_ids)
                 if item.events:
                     deleted.update(item.job_ids)
-        if not (events or jobs or forgotten):
+            elif isinstance(item, _State):
+                states[_STATE_PREFIX + item.key] = encode_json(item.value)
+        if not (events or jobs or forgotten or states):
             return True
         try:
             rows = [_job_row(fields) for fields in jobs.values()]
@@ -553,6 +575,11 @@ class SqliteStore:
             conn.executemany(
                 "DELETE FROM events WHERE job_id = ? AND name != 'deleted'",
                 [(job_id,) for job_id in deleted],
+            )
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                list(states.items()),
             )
             conn.execute("COMMIT")
         except Exception as exc:
@@ -661,8 +688,8 @@ def _settle_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future[N
 
 
 def _job_row(fields: _JobFields) -> tuple[Any, ...]:
-    *columns, updated_at, snapshot = fields
-    return (*columns, encode_json({"snapshot": snapshot, "updated_at": updated_at}))
+    *columns, kept, snapshot = fields
+    return (*columns, encode_json({"snapshot": snapshot, **kept}))
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:
@@ -686,4 +713,5 @@ def _job_from_row(row: tuple[Any, ...]) -> Job:
         )
     job.first_seq, job.last_seq = first_seq, last_seq
     job.updated_at = data.get("updated_at") or 0.0
+    job.tick = data.get("tick")
     return job
