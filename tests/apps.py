@@ -235,6 +235,18 @@ served.task(await_file)
 served.task(name="await_file_again", retry_on_restart=True)(await_file)
 
 
+def fail_once(ctx: JobContext, path: str) -> str:
+    """Fail the first time (leaving a file at `path`), succeed once the file is there: a
+    retry that must outlive the process it was decided in."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        raise ConnectionError("the first attempt fails")
+    return path
+
+
+served.task(retries=1, retry_delay=3)(fail_once)
+
+
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
@@ -265,3 +277,9 @@ def exclusive(ctx: JobContext, path: str) -> None:
 served.task(mode="process")(spin)
 served.task(mode="process", retry_on_restart=True)(exclusive)
 served.command("family", ["sh", "-c", "sleep 600 & echo child $!; echo self $$; wait"])
+
+
+#: A deployment with a schedule of its own (``jobcast serve tests.apps:scheduled``).
+scheduled = make_jobs()
+scheduled.schedule("pulse", "count", every=0.5, params={"n": 1})
+scheduled.task(retries=1, retry_delay=0.2)(fail_once)

@@ -3,6 +3,7 @@ and ``jobcast worker`` processes, killed, stopped and restarted under running jo
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -83,10 +84,10 @@ class Node:
 class Api(Node):
     """``jobcast serve`` on a loopback port."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, target: str = TARGET) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        super().__init__(["serve", TARGET, "--port", str(self.port)], env, log)
+        super().__init__(["serve", target, "--port", str(self.port)], env, log)
 
     def ready(self) -> bool:
         try:
@@ -104,8 +105,8 @@ class Api(Node):
 class Worker(Node):
     """``jobcast worker``."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        super().__init__(["worker", TARGET], env, log)
+    def __init__(self, env: dict[str, str], log: Path, target: str = TARGET) -> None:
+        super().__init__(["worker", target], env, log)
 
     def ready(self) -> bool:
         return "takes jobs" in self.output()
@@ -131,12 +132,16 @@ class Cluster:
         }
 
     def start(
-        self, apis: int = 0, workers: int = 0, env: dict[str, str] | None = None
+        self,
+        apis: int = 0,
+        workers: int = 0,
+        env: dict[str, str] | None = None,
+        target: str = TARGET,
     ) -> tuple[list[Api], list[Worker]]:
         """Start processes side by side, and return once every one of them is ready."""
         full = {**self.env, **(env or {})}
-        started_apis = [Api(full, self._log("api")) for _ in range(apis)]
-        started_workers = [Worker(full, self._log("worker")) for _ in range(workers)]
+        started_apis = [Api(full, self._log("api"), target) for _ in range(apis)]
+        started_workers = [Worker(full, self._log("worker"), target) for _ in range(workers)]
         for node in [*started_apis, *started_workers]:
             self.nodes.append(node)
         for node in [*started_apis, *started_workers]:
@@ -872,3 +877,38 @@ async def test_a_job_just_started_elsewhere_is_found_on_a_process_that_lags_behi
     status = answer.split(b"\r\n", 1)[0]
     assert status == b"HTTP/1.1 200 OK", answer
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["id"] == started["id"]
+
+
+async def test_two_api_processes_and_two_workers_start_one_job_per_tick_and_retry_across(
+    cluster: Cluster, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    # Four schedulers race for each due time of "pulse" (every 0.5 s).
+    (a, b), _ = cluster.start(apis=2, workers=2, target="tests.apps:scheduled")
+    marker = str(tmp_path / "attempted")
+    retried = (await client.post(f"{a.url}/api/tasks/fail_once/jobs", json={"path": marker})).json()
+    async with open_stream(client, f"{b.url}/api/jobs/{retried['id']}/events") as stream:
+        frames = await stream.until(lambda frame: frame.event in ("succeeded", "failed"))
+    assert [frame.event for frame in frames if frame.event != "log"] == [
+        "queued",
+        "running",
+        "retrying",
+        "running",
+        "succeeded",
+    ]
+    assert frames[-1].data["job"]["attempt"] == 2
+
+    pulses: list[dict[str, Any]] = []
+
+    def sixth_pulse(frame: Frame) -> bool:
+        if frame.event == "queued" and frame.data["job"]["schedule"] == "pulse":
+            pulses.append(frame.data["job"])
+        return len(pulses) >= 6
+
+    async with open_stream(client, f"{b.url}/api/events") as stream:
+        await stream.until(sixth_pulse)
+    due = sorted(datetime.fromisoformat(job["run_at"]).timestamp() for job in pulses)
+    assert len(due) == len(set(due))  # never two jobs for one due time
+    gaps = [later - earlier for earlier, later in itertools.pairwise(due)]
+    assert all(abs(gap - 0.5) < 1e-5 for gap in gaps), gaps  # and none skipped
+    (schedule,) = (await client.get(f"{a.url}/api/schedules")).json()
+    assert schedule["name"] == "pulse" and schedule["last_job_id"] is not None

@@ -183,3 +183,34 @@ def test_a_file_that_cannot_be_used_stops_the_server_with_a_message_naming_it(
     assert exited.returncode != 0
     assert f"jobcast cannot start: jobcast database {db}" in output
     assert "JOBCAST_DB" in output and "Traceback" not in output
+
+
+async def test_a_delayed_job_and_a_waiting_retry_outlive_kill_9_and_run_when_due(
+    spawn: Callable[..., Process], client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    db = tmp_path / "jobs.db"
+    server = spawn(JOBCAST_DB=str(db))
+    url = server.url
+    delayed = (await client.post(f"{url}/api/tasks/shout/jobs?delay=3", json={"lines": 1})).json()
+    marker = str(tmp_path / "attempted")
+    retried = (await client.post(f"{url}/api/tasks/fail_once/jobs", json={"path": marker})).json()
+    async with open_stream(client, f"{url}/api/jobs/{retried['id']}/events") as stream:
+        retrying = (await stream.until(lambda frame: frame.event == "retrying"))[-1]
+    assert retrying.data["attempt"] == 2 and retrying.data["error"]["type"] == "ConnectionError"
+    assert retrying.id is not None
+    wait_until(lambda: committed_seq(db) >= (retrying.id or 0))
+    kill_9(server)  # before either is due
+
+    server = spawn(JOBCAST_DB=str(db))
+    url = server.url
+    kept = {job["id"]: job for job in (await client.get(f"{url}/api/jobs")).json()}
+    assert kept[delayed["id"]]["run_at"] == delayed["run_at"]
+    assert kept[retried["id"]]["run_at"] == retrying.data["run_at"]
+    for job in (delayed, kept[retried["id"]]):
+        async with open_stream(client, f"{url}/api/jobs/{job['id']}/events") as stream:
+            frames = await stream.until(lambda f: f.event in ("succeeded", "failed"))
+        done = frames[-1].data["job"]
+        assert done["state"] == "succeeded", done
+        started = datetime.fromisoformat(done["started_at"])
+        assert started >= datetime.fromisoformat(job["run_at"])  # not before it was due
+    assert done["attempt"] == 2 and done["result"] == marker

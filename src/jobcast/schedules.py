@@ -2,8 +2,9 @@
 
 A tick is a due time. The job of a tick is made in one atomic step with the claim of the
 tick (:class:`~jobcast.lifecycle.Placement` ``tick``): a tick already claimed is refused, so
-however many processes of a deployment run a :class:`Scheduler`, each tick starts one job.
-After downtime, the ticks missed are started once, as the newest of them, not once each.
+however many processes of a deployment run a :class:`Scheduler`, each tick starts one job,
+in order. After downtime (a scheduler's first look, or one a minute behind), the ticks missed
+start one job, the newest's, not one each.
 Cron expressions are read by croniter, in UTC, with an optional leading seconds field.
 """
 
@@ -30,6 +31,11 @@ logger = logging.getLogger("jobcast")
 LOOK_EVERY = 1.0
 #: The shortest interval of an ``every`` schedule.
 MIN_EVERY = 0.1
+#: A scheduler this many seconds behind a due time (an outage of the backend, a pause of
+#: the whole process) starts only the newest one, as after downtime.
+CATCH_UP_AFTER = 60.0
+#: The most due times one look starts for a schedule (the rest at the next look).
+MAX_BEHIND = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +177,7 @@ class Scheduler:
         self._book = book
         self._submit = submit
         self._failing: dict[str, float] = {}  # schedule -> the tick whose start failed
+        self._looked = False  # whether it has looked once: the first look catches up
 
     async def run(self) -> None:
         """Start what is due, then wait until the next due time (a second at most)."""
@@ -200,13 +207,20 @@ class Scheduler:
                 await self._book.start_counting(schedule.name, now)
                 state.tick = now
             due = schedule.after(state.tick)
-            if due <= now:
-                await self._start(schedule, schedule.newest_due(state.tick, now))
-                due = schedule.after(schedule.newest_due(state.tick, now))
+            for _ in range(MAX_BEHIND):
+                if due > now:
+                    break
+                if not self._looked or now - due > CATCH_UP_AFTER:
+                    due = schedule.newest_due(state.tick, now)  # after downtime: once
+                if not await self._start(schedule, due):
+                    break  # tried again at the next look
+                state.tick, due = due, schedule.after(due)
             wait = min(wait, max(0.0, due - now))
+        self._looked = True
         return wait
 
-    async def _start(self, schedule: Schedule, tick: float) -> None:
+    async def _start(self, schedule: Schedule, tick: float) -> bool:
+        """Start the job of ``tick`` (or find another process did); whether that is done."""
         try:
             await self._submit(schedule, tick)
         except Exception as exc:
@@ -219,5 +233,6 @@ class Scheduler:
                     time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(tick)),
                     exc,
                 )
-        else:
-            self._failing.pop(schedule.name, None)
+            return False
+        self._failing.pop(schedule.name, None)
+        return True
