@@ -56,6 +56,12 @@ def make_jobs(**options: Any) -> JobCast:
         params={"items": (int, 10), "fail_at": (int, 0)},
     )
     jobs.command("hang", [sys.executable, "-c", "import time; time.sleep(600)"], timeout=0.3)
+    jobs.command(
+        "exit_3",
+        [sys.executable, "-c", "import sys; print('giving up'); sys.exit(3)"],
+        retries=1,
+        retry_delay=0.05,
+    )
     jobs.command("wait", [sys.executable, "-c", "import time; print('waiting'); time.sleep(600)"])
     jobs.task(name="bars_in_process", mode="process")(bars)
 

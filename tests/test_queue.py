@@ -169,6 +169,22 @@ async def test_a_timeout_is_retried_and_the_last_attempt_fails(
 
 
 @BACKENDS
+async def test_a_command_that_exits_non_zero_is_retried(
+    kind: str, tmp_path: Path, redis: RedisServer | None
+) -> None:
+    async with deployment(kind, tmp_path, redis) as (_, service):
+        job = (await service.submit("exit_3", {})).job
+        done = await until(service, job.id, ended)
+
+        assert done.state is JobState.FAILED and (done.attempt, done.max_attempts) == (2, 2)
+        assert done.error is not None and "3" in done.error.message
+        (retry,) = events(service, job.id, "retrying")
+        assert retry["attempt"] == 2 and retry["error"] == done.error.to_dict()
+        lines = [entry["line"] for entry in await service.logs(job.id)]
+        assert lines.count("giving up") == 2  # each attempt ran the program
+
+
+@BACKENDS
 async def test_a_cancel_shows_cancelling_until_the_end_and_never_retries(
     kind: str, tmp_path: Path, redis: RedisServer | None
 ) -> None:

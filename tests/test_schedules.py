@@ -162,7 +162,7 @@ async def test_a_paused_schedule_starts_nothing_over_a_window_until_resumed(
         late = [job for job in scheduled(service, "beat") if job.created_at > since + 0.05]
         assert late == [] and len(scheduled(service, "beat")) in (count, count + 1)
 
-        resumed = await service.pause("beat", paused=False)
+        resumed = await service.resume("beat")
         assert resumed["paused"] is False and resumed["next_run_at"] is not None
         after = await jobs_of(service, "beat", len(scheduled(service, "beat")) + 1)
         assert after[-1].run_at is not None and after[-1].run_at > since + 1.5

@@ -87,6 +87,7 @@ def serve(serve: Serve) -> Serve:
 @asynccontextmanager
 async def service(app: Any = None, **options: Any) -> AsyncIterator[Service]:
     jobs = make_jobs(**options)
+    jobs.schedule("nightly", "count", cron="0 2 * * *", params={"n": 1})
     app = app or build(jobs)
     async with LifespanManager(app) as running:
         transport = httpx.ASGITransport(app=running.app, client=("127.0.0.1", 50000))
@@ -141,6 +142,57 @@ async def test_with_a_token_starting_and_cancelling_need_the_bearer_header(
         cancelled = await svc.client.post(f"/api/jobs/{job_id}/cancel", headers=BEARER)
         assert cancelled.status_code == 202
         assert (await wait_job(svc.jobs, job_id)).state.value == "cancelled"
+
+
+@pytest.mark.anyio
+@BOTH
+async def test_with_a_token_rerun_delete_pause_and_resume_need_the_bearer_header(
+    mode: str,
+) -> None:
+    async with service(token=TOKEN) as svc:
+        started = await svc.client.post("/api/tasks/count/jobs", json={"n": 1}, headers=BEARER)
+        job_id = started.json()["id"]
+        await wait_job(svc.jobs, job_id)
+        writes = [
+            ("POST", f"/api/jobs/{job_id}/rerun", 202),
+            ("POST", "/api/schedules/nightly/pause", 200),
+            ("POST", "/api/schedules/nightly/resume", 200),
+            ("DELETE", f"/api/jobs/{job_id}", 204),
+        ]
+        for method, path, _ in writes:
+            refused = await svc.client.request(method, path)
+            assert refused.status_code == 401, path
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert len(svc.jobs.runner.jobs) == 1  # no rerun, no delete
+        assert (await svc.jobs.runner.schedules())[0]["paused"] is False
+        for method, path, allowed in writes:
+            response = await svc.client.request(method, path, headers=BEARER)
+            assert response.status_code == allowed, (path, response.text)
+        # The reads stay open, unless protected.
+        assert (await svc.client.get("/api/schedules")).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_protected_reads_cover_the_schedules_and_a_jobs_logs() -> None:
+    async with service(token=TOKEN, protect_reads=True) as svc:
+        started = await svc.client.post("/api/tasks/count/jobs", json={"n": 1}, headers=BEARER)
+        job_id = started.json()["id"]
+        paths = ("/api/schedules", f"/api/jobs/{job_id}/logs")
+        async with svc.client_from("127.0.0.1") as fresh:  # without the cookie the POST set
+            for path in paths:
+                assert (await fresh.get(path)).status_code == 401, path
+            for path in paths:
+                assert (await fresh.get(path, headers=BEARER)).status_code == 200, path
+
+
+@pytest.mark.anyio
+@BOTH
+async def test_the_new_routes_meet_the_host_check(mode: str) -> None:
+    async with service() as svc:
+        for method, path in (("GET", "/api/schedules"), ("POST", "/api/schedules/nightly/pause")):
+            response = await svc.client.request(method, path, headers={"Host": "evil.example"})
+            assert response.status_code == 400, path
+        assert (await svc.jobs.runner.schedules())[0]["paused"] is False
 
 
 @pytest.mark.anyio
@@ -769,6 +821,7 @@ def test_every_get_route_answers_head(mode: str, serve: Serve) -> None:
     wait_until(lambda: jobs.runner.get(job_id).finished)
     paths = {"/healthz", "/api/tasks", "/api/jobs", f"/api/jobs/{job_id}", "/api/events"}
     paths |= {f"/api/jobs/{job_id}/events", "/openapi.json", "/docs"}
+    paths |= {f"/api/jobs/{job_id}/logs", "/api/schedules"}
     if mode == "create_app":
         paths |= {"/", "/static/app.js"}
     for path in sorted(paths):

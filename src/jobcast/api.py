@@ -454,7 +454,7 @@ def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots)
     async def resume_schedule(request: Request, name: str) -> Response:
         """Start jobs on this schedule again, from its next due time (what it missed while
         paused is not made up for)."""
-        return SafeJSONResponse(await service_of(request.scope).pause(name, paused=False))
+        return SafeJSONResponse(await service_of(request.scope).resume(name))
 
     job_stream_responses: dict[int | str, dict[str, Any]] = {
         **_ERRORS,

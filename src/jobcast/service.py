@@ -129,10 +129,17 @@ class Service:
         now = time.time()
         return [schedule.info(states[schedule.name], now) for schedule in schedules]
 
-    async def pause(self, name: str, paused: bool = True) -> dict[str, Any]:
-        """Pause a schedule (no job starts until it is resumed), or resume it: counted
-        from now, the ticks missed meanwhile are not made up for. Raises
+    async def pause(self, name: str) -> dict[str, Any]:
+        """Pause a schedule: no job starts on it until it is resumed. Raises
         :class:`~jobcast.UnknownSchedule`."""
+        return await self._set_paused(name, True)
+
+    async def resume(self, name: str) -> dict[str, Any]:
+        """Resume a schedule, counted from now: the due times it missed while paused are not
+        made up for. Raises :class:`~jobcast.UnknownSchedule`."""
+        return await self._set_paused(name, False)
+
+    async def _set_paused(self, name: str, paused: bool) -> dict[str, Any]:
         schedule = self.registry.schedule(name)
         await self.backend.set_paused(name, paused, time.time())
         (state,) = (await self.backend.schedule_states([name])).values()
