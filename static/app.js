@@ -87,7 +87,7 @@ function forgetJob(id) {
 
 function applyJob(job) {
   const previous = jobs.get(job.id);
-  if (job.schedule && !previous) refreshSchedules(); // its schedule moved on
+  if (job.schedule && !previous) refreshSchedulesSoon(); // its schedule moved on
   jobs.set(job.id, job);
   dirty.add(job.id);
   noteTask(job.task);
@@ -245,6 +245,15 @@ async function deleteJob(id) {
 // ---- schedules ----
 
 let schedules = [];
+let schedulesDue = 0; // a refresh asked for and not made yet
+
+function refreshSchedulesSoon() {
+  // At most one request a second, however often the schedules start jobs.
+  schedulesDue ||= setTimeout(() => {
+    schedulesDue = 0;
+    refreshSchedules();
+  }, 1000);
+}
 
 async function refreshSchedules() {
   const response = await request('GET', '/api/schedules');

@@ -32,7 +32,9 @@ export function formatDuration(seconds) {
   if (whole < 60) return `${whole}s`;
   const minutes = Math.floor(whole / 60);
   if (minutes < 60) return `${minutes}m ${pad(whole % 60)}s`;
-  return `${Math.floor(minutes / 60)}h ${pad(minutes % 60)}m`;
+  const hours = Math.floor(minutes / 60);
+  if (hours < 48) return `${hours}h ${pad(minutes % 60)}m`;
+  return `${Math.floor(hours / 24)}d ${pad(hours % 24)}h`;
 }
 
 function pad(value) {

@@ -158,6 +158,21 @@ def make_jobs(**options: Any) -> JobCast:
             raise {"ValueError": ValueError, "KeyError": KeyError}[error](f"failure {attempts}")
         return attempts
 
+    @jobs.task(retries=2, retry_delay=0.05)
+    def deaf_then_fail(ctx: JobContext, name: str) -> None:
+        """Wait for gate `name`, deaf to a cancel, then raise ValueError."""
+        released = gate(name)
+        while not released.wait(0.01):
+            pass
+        raise ValueError("failed after the cancel")
+
+    @jobs.task
+    def escape(ctx: JobContext, how: str = "exit") -> None:
+        """Raise what no task should: SystemExit (`exit`), or StopIteration (`stop`)."""
+        if how == "exit":
+            raise SystemExit(3)
+        raise StopIteration("nothing left")
+
     @jobs.task(timeout=0.2, retries=1, retry_delay=0.05)
     def slow_twice(ctx: JobContext) -> None:
         """Outlast its 0.2 s timeout, each of its two attempts."""

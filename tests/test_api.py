@@ -501,3 +501,25 @@ async def test_logs_page_through_a_jobs_lines_with_their_ids(api: Start) -> None
     assert [line["line"] for line in page] == ["line 10", "line 11", "line 12"]
     assert (await client.get("/api/jobs/nope/logs")).status_code == 404
     assert (await client.get(f"/api/jobs/{job['id']}/logs?limit=0")).status_code == 422
+
+
+async def test_a_run_at_past_the_year_9999_is_a_422_and_makes_no_job(api: Start) -> None:
+    jobs, client = await api()
+    response = await client.post(
+        "/api/tasks/count/jobs", params={"run_at": "9999-12-31T23:59:59-14:00"}, json={"n": 1}
+    )
+    assert response.status_code == 422 and "year 10000" in response.text
+    assert jobs.runner.jobs == {}
+
+
+@pytest.mark.parametrize(("how", "kind"), [("exit", "SystemExit"), ("stop", "StopIteration")])
+async def test_a_task_that_raises_what_no_task_should_fails_and_the_service_goes_on(
+    api: Start, how: str, kind: str
+) -> None:
+    jobs, client = await api()
+    job = await start(client, "escape", how=how)
+    done = await wait_job(jobs, job["id"])
+    assert done.state is JobState.FAILED
+    assert done.error is not None and done.error.type == kind
+    after = await start(client, "count", n=2)
+    assert (await wait_job(jobs, after["id"])).result == 2

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from jobcast import JobActive, JobState
@@ -199,6 +200,41 @@ async def test_a_cancel_shows_cancelling_until_the_end_and_never_retries(
         flags = [event["job"]["cancelling"] for event in events(service, job.id, "progress")]
         assert True in flags
         assert events(service, job.id, "retrying") == []
+
+
+@BACKENDS
+async def test_a_job_cancelled_while_its_attempt_runs_is_not_retried(
+    kind: str, tmp_path: Path, redis: RedisServer | None
+) -> None:
+    async with deployment(kind, tmp_path, redis) as (_, service):
+        name = f"deaf-{kind}"
+        job = await running(service, "deaf_then_fail", name=name)
+        await service.cancel(job.id)
+        await until(service, job.id, lambda job: job.cancelling)
+        gate(name).set()  # it raises after the cancel was asked
+        done = await until(service, job.id, ended)
+
+        assert done.state is JobState.FAILED and done.attempt == 1
+        assert events(service, job.id, "retrying") == []
+
+
+@BACKENDS
+async def test_many_jobs_started_at_once_all_run_to_their_end(
+    kind: str, tmp_path: Path, redis: RedisServer | None
+) -> None:
+    # Freed slots and the worker's own loop both take jobs: never the same one twice.
+    async with deployment(kind, tmp_path, redis, max_workers=3) as (_, service):
+        started: list[Job] = []
+
+        async def start(n: int) -> None:
+            started.append((await service.submit("count", {"n": n})).job)
+
+        async with anyio.create_task_group() as group:
+            for n in range(40):
+                group.start_soon(start, n)
+        finished = [await until(service, job.id, ended, seconds=30) for job in started]
+        assert sorted(job.result for job in finished) == list(range(40))
+        assert all(job.state is JobState.SUCCEEDED for job in finished)
 
 
 @BACKENDS

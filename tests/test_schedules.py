@@ -237,3 +237,9 @@ async def test_the_schedules_are_listed_paused_and_resumed_over_http() -> None:
             assert resumed["paused"] is False and resumed["next_run_at"] == listed["next_run_at"]
             missing = await client.post("/api/schedules/weekly/pause")
             assert missing.status_code == 404 and "nightly" in missing.json()["detail"]
+
+
+@pytest.mark.unit
+def test_a_cron_expression_that_names_no_coming_date_is_refused() -> None:
+    with pytest.raises(ValueError, match="names no date that comes"):
+        Schedule("s", "t", cron="0 0 30 2 *")

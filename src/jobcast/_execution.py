@@ -225,10 +225,10 @@ class Execution:
             return self._stopped(run)
         except TaskError as exc:
             self._log_failure(run, exc)
-            return Outcome(JobState.FAILED, error=JobError.from_exception(exc), cause=exc)
+            return self._failed(run, exc)
         except Exception as exc:
             logger.error("job %s (task %s) failed", run.job.id, task.name, exc_info=exc)
-            return Outcome(JobState.FAILED, error=JobError.from_exception(exc), cause=exc)
+            return self._failed(run, exc)
         if deadline.cancelled_caught:
             ctx.cancel()  # a cooperative task stops; one that does not is abandoned
             message = f"task {task.name!r} ran past its timeout of {task.timeout:g} s"
@@ -238,6 +238,12 @@ class Execution:
         if ctx.cancelled:
             return self._stopped(run)
         return self._succeeded(task, result)
+
+    @staticmethod
+    def _failed(run: Run, exc: Exception) -> Outcome:
+        """Failure with ``exc``; a job asked to stop meanwhile is not tried again for it."""
+        cause = None if run.ctx.cancelled else exc
+        return Outcome(JobState.FAILED, error=JobError.from_exception(exc), cause=cause)
 
     def _succeeded(self, task: Task, result: Any) -> Outcome:
         """Success with ``result``, when JSON can carry it and it is not too large."""

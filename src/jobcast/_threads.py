@@ -11,14 +11,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import traceback
 from collections.abc import Callable
 from typing import TypeVar
+
+from .exceptions import TaskError
 
 __all__ = ["run_in_daemon_thread"]
 
 T = TypeVar("T")
 
 logger = logging.getLogger("jobcast")
+
+
+def _travelling(exc: BaseException) -> BaseException:
+    """``exc`` as it can reach the awaiting task: an ``Exception`` as itself; one a future
+    refuses (``StopIteration``) or one that would stop the whole server on its way
+    (``SystemExit``, ``KeyboardInterrupt``) as a :class:`~jobcast.TaskError` naming it."""
+    if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
+        return exc
+    trace = "".join(traceback.format_exception(exc))
+    return TaskError(type(exc).__name__, str(exc), trace=trace)
 
 
 async def run_in_daemon_thread(func: Callable[[], T], *, name: str) -> T:
@@ -44,7 +57,7 @@ async def run_in_daemon_thread(func: Callable[[], T], *, name: str) -> T:
             outcome: T | BaseException = func()
             failed = False
         except BaseException as exc:  # handed to the awaiting task, which reports it
-            outcome, failed = exc, True
+            outcome, failed = _travelling(exc), True
         try:
             loop.call_soon_threadsafe(settle, outcome, failed)
         except RuntimeError:  # the loop has closed: the server stopped without it

@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from . import stream
 from ._limits import ParamsProblem, StreamSlots, check_params, client_key, too_deep
 from .exceptions import JobcastError
-from .jobs import MAX_PRIORITY, JobState
+from .jobs import LATEST, MAX_PRIORITY, JobState
 from .lifecycle import Placement
 from .policy import Policy
 from .responses import SafeJSONResponse, error_response, validation_response
@@ -193,6 +193,8 @@ def _placement(
         if delay is not None:
             _refuse_query("run_at", "give either delay or run_at, not both", run_at.isoformat())
         at = run_at.timestamp()
+        if at > LATEST:
+            _refuse_query("run_at", "must be before the year 10000 (UTC)", run_at.isoformat())
     return {"run_at": at, "priority": priority}
 
 

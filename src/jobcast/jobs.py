@@ -13,6 +13,7 @@ from ._wire import describe
 from .exceptions import TaskError
 
 __all__ = [
+    "LATEST",
     "MAX_PRIORITY",
     "TERMINAL_STATES",
     "Job",
@@ -172,6 +173,9 @@ def _from_iso(text: str | None) -> float | None:
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
+
+#: The latest time a snapshot can write (9999-12-31T23:59:59Z), in Unix seconds.
+LATEST = 253_402_300_799.0
 
 #: Priorities run from ``-MAX_PRIORITY`` to ``MAX_PRIORITY``; higher runs first.
 MAX_PRIORITY = 1_000_000

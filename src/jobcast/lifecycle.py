@@ -13,13 +13,14 @@ import copy
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, TypedDict, Unpack
 
 from ._execution import Outcome, finish, requeue
 from .backends.base import Backend, Refused
 from .exceptions import DuplicateJob, JobActive, JobFinished, NotAccepting, QueueFull
-from .jobs import Job, JobError, JobState, now
+from .jobs import LATEST, Job, JobError, JobState, now
 from .schedules import Schedule, Scheduler
 from .settings import Settings
 from .table import Submitted
@@ -62,6 +63,7 @@ def _retried(task: Task, job: Job, outcome: Outcome) -> bool:
     return (
         outcome.state is JobState.FAILED
         and outcome.cause is not None
+        and not job.cancelling
         and job.attempt < job.max_attempts
         and task.retries_on(outcome.cause)
     )
@@ -95,6 +97,9 @@ class Lifecycle:
         task = self.registry.get(task_name)
         values = task.validate(params)
         run_at, tick, created = placement.get("run_at"), placement.get("tick"), now()
+        for name, value in (("run_at", run_at), ("tick", tick)):
+            if value is not None and not (math.isfinite(value) and value <= LATEST):
+                raise ValueError(f"{name} must be a time before the year 10000, got {value!r}")
         # Times to the microsecond, as a snapshot writes them (see jobs.now).
         run_at, tick = _microseconds(run_at), _microseconds(tick)
         if tick is not None:
@@ -260,18 +265,19 @@ class Lifecycle:
             f"attempt {job.attempt} of {job.max_attempts} failed ({error.type}: "
             f"{error.message[:200]}); attempt {job.attempt + 1} runs in {wait:g} s"
         )
-        await self.backend.lines(job, [line], owner=worker)
         again = copy.copy(job)
         requeue(again, run_at=now() + wait)
         again.attempt, again.error = job.attempt + 1, error
-        await self.backend.change(again, "retrying", owner=worker, hand_to="", enqueue=True)
+        await self.backend.change(
+            again, "retrying", owner=worker, hand_to="", enqueue=True, line=line
+        )
 
     async def _requeue(self, job: Job, worker: str, reason: str) -> None:
-        # The line first: once queued, a worker may start the job at once.
+        # The line first, in the same step (once queued, a worker may start the job at
+        # once): only the process whose change is made says it.
         line = f"queued again, to run from the start: {reason}"
-        await self.backend.lines(job, [line], owner=worker)
         queued = copy.copy(job)
         requeue(queued)
         await self.backend.change(
-            queued, JobState.QUEUED.value, owner=worker, hand_to="", enqueue=True
+            queued, JobState.QUEUED.value, owner=worker, hand_to="", enqueue=True, line=line
         )

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import anyio
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from .exceptions import JobcastError
 
@@ -62,6 +62,14 @@ class Schedule:
                 f"schedule {self.name!r}: {self.cron!r} is not a cron expression; write five "
                 "fields (minute hour day month weekday), or six with seconds first"
             )
+        if self.cron is not None:
+            try:
+                self.after(time.time())
+            except CroniterBadDateError:
+                raise ValueError(
+                    f"schedule {self.name!r}: {self.cron!r} names no date that comes (such "
+                    "as February 30th); check its day and month fields"
+                ) from None
         if self.every is not None and not (
             isinstance(self.every, int | float)
             and math.isfinite(self.every)

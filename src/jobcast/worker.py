@@ -60,6 +60,11 @@ class Worker:
         self._wake = anyio.Event()
         self._grace = anyio.CancelScope()
         self._taking = True
+        # One take at a time: the loop in run() and a freed slot both take, and on Redis a
+        # start awaits, so two at once would start the same held job twice. A take asked
+        # for while one runs makes that one look again.
+        self._taking_now = False
+        self._take_again = False
         backend.listen(name, on_cancel=self.cancel, on_work=self.wake)
 
     @property
@@ -84,6 +89,19 @@ class Worker:
 
     async def take(self) -> None:
         """Start held jobs that now have room, then claim and start more while there is."""
+        if self._taking_now:
+            self._take_again = True
+            return
+        self._taking_now = True
+        try:
+            self._take_again = True
+            while self._take_again:
+                self._take_again = False
+                await self._take_once()
+        finally:
+            self._taking_now = False
+
+    async def _take_once(self) -> None:
         await self._start_held()
         while self._taking and (free := self._free()) > 0:
             jobs = await self._backend.claim(self.name, free, self._has_room)

@@ -172,6 +172,7 @@ local max_events, retain_s, create, max_queue, prefix, run_at = ARGV[12], ARGV[1
     ARGV[14], ARGV[15], ARGV[16], ARGV[17]
 local remove = ARGV[18] == '1'  -- a finished job is deleted: the one change it may take
 local tick = ARGV[19]  -- the due time of the schedule's tick a new job is
+local line = ARGV[20]  -- a log event to publish first (its data), if the change is made
 
 local current = redis.call('HMGET', job, 'state', 'worker')
 if create == '1' then
@@ -201,6 +202,11 @@ end
 if redis.call('EXISTS', seq_key) == 0 then
     local now = redis.call('TIME')
     redis.call('SET', seq_key, now[1] .. string.format('%06d', tonumber(now[2])))
+end
+if line ~= '' then
+    local line_seq = string.format('%d', redis.call('INCR', seq_key))
+    redis.call('XADD', events, 'MAXLEN', '~', max_events, line_seq .. '-0',
+        'n', 'log', 'j', id, 't', task, 'ts', ts, 'd', line)
 end
 local seq = string.format('%d', redis.call('INCR', seq_key))
 redis.call('XADD', events, 'MAXLEN', '~', max_events, seq .. '-0',
@@ -379,10 +385,14 @@ class Change:
     remove: bool = False  # delete the job (finished), after publishing the event
     schedule: str = ""  # the schedule whose tick a new job is, claimed with it
     tick: float | None = None
+    first_line: str = ""  # a log event's data, published first if the change is made
 
     @classmethod
-    def of(cls, job: Job, name: str, *, enqueue: bool = False, **checks: Any) -> Change:
-        """Event ``name`` with the job's snapshot as it is now (queued too, if ``enqueue``)."""
+    def of(
+        cls, job: Job, name: str, *, enqueue: bool = False, line: str | None = None, **checks: Any
+    ) -> Change:
+        """Event ``name`` with the job's snapshot as it is now (queued too, if ``enqueue``;
+        after the log line ``line``, if given)."""
         shown = job.snapshot()
         snapshot, data = encode_json(shown), encode_json(job_payload(name, shown))
         return cls(
@@ -394,6 +404,7 @@ class Change:
             snapshot,
             enqueue=job.order if enqueue else "",
             run_at=job.run_at if enqueue else None,
+            first_line="" if line is None else encode_json({"job_id": job.id, "line": line}),
             **checks,
         )
 
@@ -477,6 +488,7 @@ class Scripts:
                 "" if change.run_at is None else repr(change.run_at),
                 "1" if change.remove else "0",
                 "" if change.tick is None else repr(change.tick),
+                change.first_line,
             ],
             client=pipe,
         )

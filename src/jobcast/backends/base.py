@@ -38,7 +38,8 @@ class Refused(Exception):
 
 
 class Checks(TypedDict, total=False):
-    """What a change checks and hands over, besides the job not having finished."""
+    """What a change checks and hands over, besides the job not having finished, and what it
+    says on the way."""
 
     #: The state the job must be in.
     expect_state: JobState
@@ -48,6 +49,8 @@ class Checks(TypedDict, total=False):
     hand_to: str
     #: Put it back on the queue.
     enqueue: bool
+    #: A log line to publish first, in the same step: only a change that is made says it.
+    line: str
 
 
 class Backend(ScheduleBook, Protocol):

@@ -147,6 +147,9 @@ class LocalBackend:
             raise Refused(job.state.value)
         if owner is not None and self._holders.get(job.id) != owner:
             raise Refused("owner")
+        line = checks.get("line")
+        if line is not None:
+            self._publisher.lines(job, [line])
         if update is not job:
             job.update(update)
         if hand_to is not None:

@@ -214,6 +214,7 @@ class RedisBackend:
             expect_worker=owner or "",
             set_worker=hand_to,
             enqueue=checks.get("enqueue", False),
+            line=checks.get("line"),
         )
         if hand_to == "" and owner is not None:
             self._holding.get(owner, set()).discard(update.id)
