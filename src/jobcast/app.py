@@ -14,6 +14,7 @@ from anyio.abc import TaskGroup
 from fastapi import APIRouter, FastAPI
 
 from . import factory
+from ._exit import wait_for_exit_signal
 from ._limits import StreamSlots
 from .api import build_router
 from .eventlog import EventLog
@@ -23,7 +24,6 @@ from .schedules import Schedule
 from .service import STATE_KEY, Service
 from .settings import Settings
 from .store import MemoryStore, ReportsWrites, SqliteStore, Store
-from .stream import wait_for_exit_signal
 from .tasks import CommandOptions, FunctionOptions, TaskRegistry
 
 __all__ = ["JobCast"]

@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -44,38 +43,55 @@ _MAX_ID = 2**63 - 1
 logger = logging.getLogger("jobcast")
 
 
-class EventStream(EventSourceResponse):
-    """sse-starlette's response, fed bytes that are already SSE frames.
+#: The answer's head: an event stream, never cached, never buffered by a proxy.
+_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+]
 
-    It runs no ping task per connection (``ping=0``): one timer pokes the event log and every
-    idle stream then writes a keepalive comment, which costs one task for all clients. At
-    shutdown it gives the stream ``grace`` seconds to end by itself: the service first records
-    what happened to the running jobs, then closes the log, and every stream sends those last
-    events and ends cleanly instead of being cut.
+
+class EventStream(Response):
+    """The answer of a stream: bytes that are SSE frames already, sent as plain ASGI
+    messages, one per chunk the frames iterator yields.
+
+    Per connection it runs one task besides the response itself: a listener that ends the
+    stream when the client leaves. Keepalives come from one timer for every stream (the
+    event log is poked and each idle stream writes a comment), and shutdown closes the event
+    log, which ends every stream after its last events. A write is stamped while it waits,
+    and one watchdog for every stream drops those that waited too long
+    (:meth:`~jobcast._limits.StreamSlots.watch`).
     """
+
+    media_type = "text/event-stream"
 
     def __init__(
         self,
         frames: AsyncIterator[bytes],
         *,
-        grace: float,
         slot: Slot | None = None,
         slots: StreamSlots | None = None,
     ) -> None:
-        super().__init__(frames, ping=0, shutdown_event=anyio.Event(), shutdown_grace_period=grace)
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(_HEADERS)
+        self._frames = frames
         self._slot = slot
         self._slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         slot = self._slot
-        if slot is None:
-            await self._serve(scope, receive, send)
-            return
         try:
+            if scope["method"] == "HEAD":  # the head only, never a stream
+                await send(self._start())
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             with anyio.CancelScope() as cancel:
-                slot.scope = cancel
-                await self._serve(scope, receive, send)
-            if slot.dropped:
+                if slot is not None:
+                    slot.scope = cancel
+                await self._serve(receive, send)
+            if slot is not None and slot.dropped:
                 logger.info(
                     "dropped a stream to %s: it read nothing for %s s",
                     slot.client,
@@ -83,48 +99,39 @@ class EventStream(EventSourceResponse):
                 )
                 await _abort(receive)
         finally:
-            if self._slots is not None:
+            if slot is not None and self._slots is not None:
                 self._slots.give_back(slot)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Stream, and stop when the client leaves: one task besides this one.
+    def _start(self) -> Message:
+        return {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
 
-        sse-starlette's own ``__call__`` runs a task group of four tasks per connection (the
-        stream, a ping, a shutdown listener, a disconnect listener). Pings come from one
-        timer here, and shutdown closes the event log, which ends every stream by itself;
-        what is left is the stream and the disconnect listener. Measured with 5,000 idle
-        streams, that took memory per stream from 45 KB down (see the README).
-        """
-        if scope["method"] == "HEAD":
-            await super().__call__(scope, receive, send)  # headers only, never a stream
-            return
+    async def _serve(self, receive: Receive, send: Send) -> None:
+        """Send the frames until they end or the client leaves."""
+        await send(self._start())
+        slot = self._slot
         try:
             async with anyio.create_task_group() as task_group:
 
                 async def leave_on_disconnect() -> None:
-                    await self._listen_for_disconnect(receive)
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
                     task_group.cancel_scope.cancel()
 
                 task_group.start_soon(leave_on_disconnect)
-                await self._stream_response(send)
+                async for chunk in self._frames:
+                    message = {"type": "http.response.body", "body": chunk, "more_body": True}
+                    if slot is None:
+                        await send(message)
+                        continue
+                    slot.sending_since = time.monotonic()
+                    await send(message)
+                    slot.sending_since = 0.0
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
                 task_group.cancel_scope.cancel()
         except BaseExceptionGroup as group:  # raise what failed, not the group around it
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
-
-    async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        # sse-starlette wraps every send in anyio.move_on_after, even with no timeout set:
-        # measured, that cancel scope was the largest cost per write (about 7 µs, against
-        # 0.2 µs for the write). The write is stamped instead, and one watchdog for all the
-        # streams drops those whose write waited too long (StreamSlots.watch).
-        slot = self._slot
-        if slot is None:
-            await send(message)
-            return
-        slot.sending_since = time.monotonic()
-        await send(message)
-        slot.sending_since = 0.0
 
 
 async def _abort(receive: Receive) -> None:
@@ -262,14 +269,11 @@ def _retry_frame(retry_ms: int) -> bytes:
 
 
 def _open(
-    streams: StreamSlots | None, request: Request, runner: Service, frames: AsyncIterator[bytes]
+    streams: StreamSlots | None, request: Request, frames: AsyncIterator[bytes]
 ) -> EventStream:
-    grace = runner.settings.grace_period + 1
     if streams is None:
-        return EventStream(frames, grace=grace)
-    return EventStream(
-        frames, grace=grace, slot=streams.take(client_key(request.scope)), slots=streams
-    )
+        return EventStream(frames)
+    return EventStream(frames, slot=streams.take(client_key(request.scope)), slots=streams)
 
 
 def all_jobs_stream(
@@ -304,7 +308,7 @@ def all_jobs_stream(
         done=lambda position: False,
         catch_up=runner.catch_up,
     )
-    return _open(streams, request, runner, frames)
+    return _open(streams, request, frames)
 
 
 async def job_stream(
@@ -350,9 +354,4 @@ async def job_stream(
         ):
             yield frame
 
-    return _open(streams, request, runner, frames())
-
-
-async def wait_for_exit_signal() -> None:
-    """Return when the server was told to stop (SIGTERM, Ctrl+C), as sse-starlette sees it."""
-    await EventSourceResponse._listen_for_exit_signal()
+    return _open(streams, request, frames())
