@@ -98,6 +98,7 @@ def jobcast_spec(db: Path) -> ServerSpec:
 
 TUTORIAL = ServerSpec("tutorial", "bench.apps.tutorial:app")
 BARE = ServerSpec("bare ASGI", "bench.apps.bare:app")
+BROADCAST = ServerSpec("broadcaster", "bench.apps.broadcast:app")
 
 #: The scale-out scenario: how many API processes share Redis, and its two setups' names.
 CLUSTER_API_PROCESSES = 2

@@ -18,7 +18,7 @@ from .progress import ProgressCost
 from .sse import FanoutPoint, IdleResult, StormResult
 
 #: Table columns after the measure: the servers, then the progress reference.
-COLUMNS = ("jobcast", "tutorial", "bare ASGI", "recipe", "tqdm")
+COLUMNS = ("jobcast", "tutorial", "bare ASGI", "broadcaster", "recipe", "tqdm")
 
 #: The issue's targets, each checked on jobcast's figure.
 TARGETS = {
@@ -317,6 +317,7 @@ def write_json(results: Results, path: Path) -> None:
 
 
 _COLORS = {"jobcast": "#1f77b4", "ctx": "#1f77b4", "tutorial": "#d62728", "bare": "#7f7f7f",
+           "broadcaster": "#9467bd",
            "recipe": "#ff7f0e", "tqdm": "#2ca02c"}  # fmt: skip
 
 

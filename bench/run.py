@@ -46,8 +46,8 @@ class _Run:
         return config.jobcast_spec(self.procs.workdir / f"jobcast-{next(self._databases)}.db")
 
     def streaming(self) -> contextlib.AbstractAsyncContextManager[list[servers.Server]]:
-        """jobcast, tutorial and bare ASGI."""
-        return self.serving(self.jobcast(), config.TUTORIAL, config.BARE)
+        """jobcast, tutorial, bare ASGI and the broadcaster."""
+        return self.serving(self.jobcast(), config.TUTORIAL, config.BARE, config.BROADCAST)
 
     @contextlib.asynccontextmanager
     async def serving(self, *specs: config.ServerSpec) -> AsyncIterator[list[servers.Server]]:

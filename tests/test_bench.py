@@ -46,7 +46,7 @@ TINY = Sizes(
     cluster_seconds=0.5,
 )
 
-STREAM_SERVERS = ["jobcast", "tutorial", "bare ASGI"]
+STREAM_SERVERS = ["jobcast", "tutorial", "bare ASGI", "broadcaster"]
 
 
 async def run(name: str) -> Results:
