@@ -6,10 +6,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
-__all__ = ["Ticker"]
+__all__ = ["Ticker", "encode", "reference_app"]
 
 
 class Ticker:
@@ -47,3 +48,47 @@ class Ticker:
 def encode(item: dict[str, Any]) -> bytes:
     """The one SSE frame of an event, as jobcast encodes its own."""
     return f"id: {item['seq']}\nevent: log\ndata: {json.dumps(item)}\n\n".encode()
+
+
+Stream = Callable[[Any, Any], Awaitable[None]]
+
+
+def reference_app(
+    stream: Stream,
+    ticker: Ticker,
+    subscribers: Callable[[], int],
+    startup: Callable[[], None] = lambda: None,
+) -> Callable[[dict[str, Any], Any, Any], Awaitable[None]]:
+    """A bare ASGI reference server: ``GET /events`` (``stream``), ``POST /publish?n=&rate=``
+    (``ticker``), ``GET /healthz`` (how many ``subscribers``); ``startup`` at its start."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    startup()
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope["path"]
+        if path == "/events":
+            await stream(receive, send)
+        elif path == "/publish" and scope["method"] == "POST":
+            query = parse_qs(scope["query_string"].decode())
+            ticker.start(int(query.get("n", ["100"])[0]), float(query.get("rate", ["10"])[0]))
+            await _json(send, {"ok": True})
+        elif path == "/healthz":
+            await _json(send, {"subscribers": subscribers(), "publishing": len(ticker.running)})
+        else:
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+async def _json(send: Any, data: object) -> None:
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps(data).encode()})

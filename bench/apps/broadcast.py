@@ -13,15 +13,10 @@ Same routes as ``bare``: ``GET /events``, ``POST /publish?n=&rate=``, ``GET /hea
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Coroutine
 from typing import Any
-from urllib.parse import parse_qs
 
-from ._ticker import Ticker, encode
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
+from ._ticker import Ticker, encode, reference_app
 
 
 class _Client:
@@ -137,32 +132,9 @@ async def _stream(receive: Any, send: Any) -> None:
         broadcaster.behind.discard(client)
 
 
-async def _json(send: Any, data: object) -> None:
-    headers = [(b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": json.dumps(data).encode()})
-
-
-async def app(scope: Scope, receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        while True:
-            message: Message = await receive()
-            if message["type"] == "lifespan.startup":
-                _spawn(broadcaster.run())
-                await send({"type": "lifespan.startup.complete"})
-            else:
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    path = scope["path"]
-    if path == "/events":
-        await _stream(receive, send)
-    elif path == "/publish" and scope["method"] == "POST":
-        query = parse_qs(scope["query_string"].decode())
-        ticker.start(int(query.get("n", ["100"])[0]), float(query.get("rate", ["10"])[0]))
-        await _json(send, {"ok": True})
-    elif path == "/healthz":
-        clients = len(broadcaster.caught_up) + len(broadcaster.behind)
-        await _json(send, {"subscribers": clients, "publishing": len(ticker.running)})
-    else:
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+app = reference_app(
+    _stream,
+    ticker,
+    lambda: len(broadcaster.caught_up) + len(broadcaster.behind),
+    lambda: _spawn(broadcaster.run()),
+)
