@@ -4,8 +4,9 @@ the one worker over it), and asserts the same."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,17 @@ async def deployment(
         await client.aclose()
 
 
+#: ``async with deploy(**options) as (jobs, service)``: :func:`deployment` on this test's
+#: backend (``kind``).
+Deploy = Callable[..., AbstractAsyncContextManager[tuple[JobCast, Service]]]
+
+
+@pytest.fixture
+def deploy(kind: str, tmp_path: Path, redis: RedisServer | None) -> Deploy:
+    """:func:`deployment` on the backend this test runs on, in its own directory."""
+    return functools.partial(deployment, kind, tmp_path, redis)
+
+
 @pytest.fixture
 def redis(request: pytest.FixtureRequest) -> RedisServer | None:
     """A redis-server for the Redis half of each test; none for the local half."""
@@ -120,10 +132,8 @@ def states(service: Service, job_id: str) -> list[str]:
 
 
 @BACKENDS
-async def test_a_job_is_queued_runs_and_succeeds(
-    kind: str, tmp_path: Path, redis: RedisServer | None
-) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+async def test_a_job_is_queued_runs_and_succeeds(kind: str, deploy: Deploy) -> None:
+    async with deploy() as (_, service):
         job = (await service.submit("count", {"n": 3})).job
         ended = await until(service, job.id, lambda job: job.finished)
         assert ended.state is JobState.SUCCEEDED and ended.result == 3
@@ -132,9 +142,9 @@ async def test_a_job_is_queued_runs_and_succeeds(
 
 @BACKENDS
 async def test_a_queued_job_cancelled_never_runs_and_the_next_one_does(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+    async with deploy() as (_, service):
         await running(service, "hold", name=f"block-{kind}")
         waiting = (await service.submit("count", {"n": 1})).job
         after = (await service.submit("count", {"n": 2})).job
@@ -146,10 +156,8 @@ async def test_a_queued_job_cancelled_never_runs_and_the_next_one_does(
 
 
 @BACKENDS
-async def test_a_start_that_comes_after_a_cancel_is_refused(
-    kind: str, tmp_path: Path, redis: RedisServer | None
-) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+async def test_a_start_that_comes_after_a_cancel_is_refused(kind: str, deploy: Deploy) -> None:
+    async with deploy() as (_, service):
         await running(service, "hold", name=f"race-{kind}")
         job = (await service.submit("count", {"n": 1})).job
         await service.cancel(job.id)
@@ -162,9 +170,9 @@ async def test_a_start_that_comes_after_a_cancel_is_refused(
 
 @BACKENDS
 async def test_duplicates_are_refused_or_joined_and_the_queue_has_a_limit(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis, max_queue=2) as (_, service):
+    async with deploy(max_queue=2) as (_, service):
         await running(service, "unique", name=f"dup-{kind}")
         with pytest.raises(Exception, match="already has job") as refused:
             await service.submit("unique", {"name": f"dup-{kind}"})
@@ -182,9 +190,9 @@ async def test_duplicates_are_refused_or_joined_and_the_queue_has_a_limit(
 
 @BACKENDS
 async def test_a_job_whose_worker_is_gone_is_interrupted_or_queued_again_by_its_task(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis, max_workers=2) as (_, service):
+    async with deploy(max_workers=2) as (_, service):
         held = await running(service, "hold", name=f"gone-{kind}")
         retried = await running(service, "resumable", name=f"again-{kind}")
         lifecycle = service.lifecycle
@@ -213,9 +221,9 @@ async def test_a_job_whose_worker_is_gone_is_interrupted_or_queued_again_by_its_
 
 @BACKENDS
 async def test_the_end_a_worker_sends_for_a_job_taken_from_it_is_not_recorded(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+    async with deploy() as (_, service):
         job = await running(service, "hold", name=f"taken-{kind}")
         await service.cancel(job.id)
         ended = await until(service, job.id, lambda job: job.finished)

@@ -19,12 +19,11 @@ from jobcast import JobActive, JobState
 from jobcast.jobs import Job
 from jobcast.service import Service
 from tests.apps import gate
-from tests.redis_server import RedisServer
-from tests.test_lifecycle import BACKENDS, deployment, redis, running, until
+from tests.test_lifecycle import BACKENDS, Deploy, deploy, redis, running, until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
-__all__ = ["redis"]  # the fixture, shared with the lifecycle tests
+__all__ = ["deploy", "redis"]  # the fixtures, shared with the lifecycle tests
 
 
 def events(service: Service, job_id: str, *names: str) -> list[dict[str, Any]]:
@@ -42,9 +41,9 @@ def ended(job: Job) -> bool:
 
 @BACKENDS
 async def test_higher_priority_runs_first_and_equal_ones_in_order(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+    async with deploy() as (_, service):
         block = f"prio-{kind}"
         await running(service, "hold", name=block)
         low = (await service.submit("count", {"n": 1})).job
@@ -63,10 +62,8 @@ async def test_higher_priority_runs_first_and_equal_ones_in_order(
 
 
 @BACKENDS
-async def test_a_delayed_job_stays_queued_until_its_time(
-    kind: str, tmp_path: Path, redis: RedisServer | None
-) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+async def test_a_delayed_job_stays_queued_until_its_time(kind: str, deploy: Deploy) -> None:
+    async with deploy() as (_, service):
         at = time.time() + 0.6
         job = (await service.submit("count", {"n": 1}, run_at=at)).job
         now = (await service.submit("count", {"n": 2})).job
@@ -83,10 +80,8 @@ async def test_a_delayed_job_stays_queued_until_its_time(
 
 
 @BACKENDS
-async def test_a_run_at_in_the_past_runs_at_once(
-    kind: str, tmp_path: Path, redis: RedisServer | None
-) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+async def test_a_run_at_in_the_past_runs_at_once(kind: str, deploy: Deploy) -> None:
+    async with deploy() as (_, service):
         job = (await service.submit("count", {"n": 1}, run_at=time.time() - 60)).job
         assert job.run_at is None
         assert (await until(service, job.id, ended)).state is JobState.SUCCEEDED
@@ -94,9 +89,9 @@ async def test_a_run_at_in_the_past_runs_at_once(
 
 @BACKENDS
 async def test_a_failed_attempt_is_retried_with_backoff_until_it_succeeds(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+    async with deploy() as (_, service):
         job = (await service.submit("flaky", {"name": f"backoff-{kind}", "failures": 2})).job
         done = await until(service, job.id, ended)
 
@@ -144,9 +139,9 @@ async def test_a_failed_attempt_is_retried_with_backoff_until_it_succeeds(
 
 @BACKENDS
 async def test_an_exception_the_task_does_not_retry_on_fails_at_once(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+    async with deploy() as (_, service):
         params = {"name": f"key-{kind}", "failures": 5, "error": "KeyError"}
         job = (await service.submit("flaky", params)).job
         done = await until(service, job.id, ended)
@@ -157,10 +152,8 @@ async def test_an_exception_the_task_does_not_retry_on_fails_at_once(
 
 
 @BACKENDS
-async def test_a_timeout_is_retried_and_the_last_attempt_fails(
-    kind: str, tmp_path: Path, redis: RedisServer | None
-) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+async def test_a_timeout_is_retried_and_the_last_attempt_fails(kind: str, deploy: Deploy) -> None:
+    async with deploy() as (_, service):
         job = (await service.submit("slow_twice", {})).job
         done = await until(service, job.id, ended)
 
@@ -170,10 +163,8 @@ async def test_a_timeout_is_retried_and_the_last_attempt_fails(
 
 
 @BACKENDS
-async def test_a_command_that_exits_non_zero_is_retried(
-    kind: str, tmp_path: Path, redis: RedisServer | None
-) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+async def test_a_command_that_exits_non_zero_is_retried(kind: str, deploy: Deploy) -> None:
+    async with deploy() as (_, service):
         job = (await service.submit("exit_3", {})).job
         done = await until(service, job.id, ended)
 
@@ -187,9 +178,9 @@ async def test_a_command_that_exits_non_zero_is_retried(
 
 @BACKENDS
 async def test_a_cancel_shows_cancelling_until_the_end_and_never_retries(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+    async with deploy() as (_, service):
         job = await running(service, "hold", name=f"cancelling-{kind}")
         await service.cancel(job.id)
         asked = await until(service, job.id, lambda job: job.cancelling or job.finished)
@@ -204,9 +195,9 @@ async def test_a_cancel_shows_cancelling_until_the_end_and_never_retries(
 
 @BACKENDS
 async def test_a_job_cancelled_while_its_attempt_runs_is_not_retried(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+    async with deploy() as (_, service):
         name = f"deaf-{kind}"
         job = await running(service, "deaf_then_fail", name=name)
         await service.cancel(job.id)
@@ -219,11 +210,9 @@ async def test_a_job_cancelled_while_its_attempt_runs_is_not_retried(
 
 
 @BACKENDS
-async def test_many_jobs_started_at_once_all_run_to_their_end(
-    kind: str, tmp_path: Path, redis: RedisServer | None
-) -> None:
+async def test_many_jobs_started_at_once_all_run_to_their_end(kind: str, deploy: Deploy) -> None:
     # Freed slots and the worker's own loop both take jobs: never the same one twice.
-    async with deployment(kind, tmp_path, redis, max_workers=3) as (_, service):
+    async with deploy(max_workers=3) as (_, service):
         started: list[Job] = []
 
         async def start(n: int) -> None:
@@ -239,9 +228,9 @@ async def test_many_jobs_started_at_once_all_run_to_their_end(
 
 @BACKENDS
 async def test_rerun_starts_a_new_job_with_the_same_task_params_and_priority(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+    async with deploy() as (_, service):
         first = (await service.submit("count", {"n": 7}, priority=2)).job
         await until(service, first.id, ended)
         again, created = await service.rerun(first.id)
@@ -253,9 +242,9 @@ async def test_rerun_starts_a_new_job_with_the_same_task_params_and_priority(
 
 @BACKENDS
 async def test_delete_removes_a_finished_job_and_refuses_an_active_one(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis) as (_, service):
+    async with deploy() as (_, service):
         done = (await service.submit("shout", {"lines": 2})).job
         await until(service, done.id, ended)
         active = await running(service, "hold", name=f"delete-{kind}")
@@ -272,10 +261,10 @@ async def test_delete_removes_a_finished_job_and_refuses_an_active_one(
 
 @BACKENDS
 async def test_logs_come_from_where_they_are_kept_when_memory_holds_no_more(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
     # A buffer of 50 events in memory: a job of 120 lines outgrows it.
-    async with deployment(kind, tmp_path, redis, event_buffer=50) as (_, service):
+    async with deploy(event_buffer=50) as (_, service):
         job = (await service.submit("shout", {"lines": 120})).job
         await until(service, job.id, ended)
         assert service.log.first_seq > job.first_seq  # memory lost the start of it

@@ -24,11 +24,11 @@ from jobcast.service import Service
 from jobcast.store import SqliteStore
 from tests.apps import make_jobs
 from tests.redis_server import RedisServer
-from tests.test_lifecycle import BACKENDS, deployment, redis, until
+from tests.test_lifecycle import BACKENDS, Deploy, deploy, deployment, redis, until
 
 pytestmark = pytest.mark.anyio
 
-__all__ = ["redis"]  # the fixture, shared with the lifecycle tests
+__all__ = ["deploy", "redis"]  # the fixtures, shared with the lifecycle tests
 
 
 def at(text: str) -> float:
@@ -125,10 +125,10 @@ EVERY = Schedule("beat", "count", every=0.3, params={"n": 5})
 @pytest.mark.integration
 @BACKENDS
 async def test_every_tick_starts_one_job_even_with_several_processes_looking(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
     # On Redis: two API services and the worker each run a scheduler, racing for each tick.
-    async with deployment(kind, tmp_path, redis, schedules=[EVERY], api_processes=2) as (
+    async with deploy(schedules=[EVERY], api_processes=2) as (
         _,
         service,
     ):
@@ -149,9 +149,9 @@ async def test_every_tick_starts_one_job_even_with_several_processes_looking(
 @pytest.mark.integration
 @BACKENDS
 async def test_a_paused_schedule_starts_nothing_over_a_window_until_resumed(
-    kind: str, tmp_path: Path, redis: RedisServer | None
+    kind: str, deploy: Deploy
 ) -> None:
-    async with deployment(kind, tmp_path, redis, schedules=[EVERY]) as (_, service):
+    async with deploy(schedules=[EVERY]) as (_, service):
         await jobs_of(service, "beat", 1)
         paused = await service.pause("beat")
         assert paused["paused"] is True and paused["next_run_at"] is None

@@ -6,7 +6,7 @@ import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, NoReturn
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.datastructures import Default, DefaultPlaceholder
@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from . import stream
 from ._limits import ParamsProblem, StreamSlots, check_params, client_key, too_deep
 from .exceptions import JobcastError
-from .jobs import LATEST, MAX_PRIORITY, JobState
+from .jobs import MAX_PRIORITY, JobState, check_time
 from .lifecycle import Placement
 from .policy import Policy
 from .responses import SafeJSONResponse, error_response, validation_response
@@ -192,13 +192,14 @@ def _placement(
     if run_at is not None:
         if delay is not None:
             _refuse_query("run_at", "give either delay or run_at, not both", run_at.isoformat())
-        at = run_at.timestamp()
-        if at > LATEST:
-            _refuse_query("run_at", "must be before the year 10000 (UTC)", run_at.isoformat())
+        try:
+            at = check_time("run_at", run_at.timestamp())
+        except ValueError as exc:
+            _refuse_query("run_at", str(exc), run_at.isoformat())
     return {"run_at": at, "priority": priority}
 
 
-def _refuse_query(name: str, message: str, value: str) -> None:
+def _refuse_query(name: str, message: str, value: str) -> NoReturn:
     error = {"type": "value_error", "loc": ("query", name), "msg": message, "input": value}
     raise RequestValidationError([error])
 

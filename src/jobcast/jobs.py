@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ __all__ = [
     "JobState",
     "Progress",
     "ProgressMeter",
+    "check_time",
     "now",
 ]
 
@@ -176,6 +178,15 @@ def new_job_id() -> str:
 
 #: The latest time a snapshot can write (9999-12-31T23:59:59Z), in Unix seconds.
 LATEST = 253_402_300_799.0
+
+
+def check_time(name: str, ts: float) -> float:
+    """``ts`` when a snapshot can write it (finite, before the year 10000 in UTC); else a
+    ``ValueError`` naming ``name``."""
+    if not (math.isfinite(ts) and ts <= LATEST):
+        raise ValueError(f"{name} must be a time before the year 10000 (UTC), got {ts!r}")
+    return ts
+
 
 #: Priorities run from ``-MAX_PRIORITY`` to ``MAX_PRIORITY``; higher runs first.
 MAX_PRIORITY = 1_000_000

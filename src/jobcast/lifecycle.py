@@ -13,14 +13,13 @@ import copy
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Callable
 from typing import Any, TypedDict, Unpack
 
 from ._execution import Outcome, finish, requeue
 from .backends.base import Backend, Refused
 from .exceptions import DuplicateJob, JobActive, JobFinished, NotAccepting, QueueFull
-from .jobs import LATEST, Job, JobError, JobState, now
+from .jobs import Job, JobError, JobState, check_time, now
 from .schedules import Schedule, Scheduler
 from .settings import Settings
 from .table import Submitted
@@ -98,8 +97,8 @@ class Lifecycle:
         values = task.validate(params)
         run_at, tick, created = placement.get("run_at"), placement.get("tick"), now()
         for name, value in (("run_at", run_at), ("tick", tick)):
-            if value is not None and not (math.isfinite(value) and value <= LATEST):
-                raise ValueError(f"{name} must be a time before the year 10000, got {value!r}")
+            if value is not None:
+                check_time(name, value)
         # Times to the microsecond, as a snapshot writes them (see jobs.now).
         run_at, tick = _microseconds(run_at), _microseconds(tick)
         if tick is not None:
