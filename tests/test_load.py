@@ -83,6 +83,7 @@ async def test_connect_disconnect_cycles_leave_nothing_behind(
             async with open_stream(client, f"{server.url}{path}") as stream:
                 await stream.next()
     wait_until(lambda: jobs.runner.log.subscribers == 0)
+    assert len(jobs.runner.broadcaster) == 0
     assert tasks_now() == tasks_before
     gc.collect()
     assert len(gc.get_objects()) - objects_before < 2000

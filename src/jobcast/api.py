@@ -101,6 +101,34 @@ class JobcastRoute(APIRoute):
         return handle
 
 
+class StreamRoute(JobcastRoute):
+    """The route of a stream: after the policy, its endpoint is called with the request and
+    its path and query values (all text) and answers straight to the client.
+
+    A stream is open for hours and written to thousands of times: FastAPI's handler around
+    it (dependency resolution, a ``send`` wrapper and its frames) would be paid on every
+    write and kept alive all along, for nothing a stream uses. The route's signature still
+    documents it in OpenAPI, and the policy applies as on every route. With
+    ``create_app()`` or mounted in one's own app, every stream takes this one path.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **options: Any) -> None:
+        super().__init__(path, endpoint, **options)
+        names = list(inspect.signature(endpoint).parameters)[1:]  # after the request
+        self._path_names = [name for name in names if "{" + name + "}" in path]
+        self._query_names = [name for name in names if name not in self._path_names]
+
+    async def _handle_in_policy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        values = {name: request.path_params[name] for name in self._path_names}
+        values.update((name, request.query_params.get(name)) for name in self._query_names)
+        try:
+            response = await self.endpoint(request, **values)
+        except JobcastError as exc:
+            response = error_response(exc)
+        await response(scope, receive, _without_body(send) if scope["method"] == "HEAD" else send)
+
+
 def _without_body(send: Send) -> Send:
     """``send`` for a HEAD answered as its GET: the headers, and an empty body."""
 
@@ -279,6 +307,7 @@ def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots)
     """
     guard = Guard(settings)
     route_class = JobcastRoute.for_settings(settings)
+    stream_route = StreamRoute.for_settings(settings)
     auth = _AUTH_ERRORS if guard.enabled else {}
     router = APIRouter(route_class=JobcastRoute.for_settings(settings, guarded=False))
     # Reads and writes live on routers of their own, each declaring in OpenAPI what its
@@ -465,22 +494,28 @@ def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots)
         204: {"description": "you have already seen the job's terminal event: stop"},
     }
 
-    # The app create_app makes serves the GETs of these two routes on a fast path instead
-    # (jobcast._asgi.StreamFastPath), calling the same stream functions: here they serve HEAD,
-    # /docs, and every app this router is mounted into.
-    # HEAD is registered first (decorators apply bottom-up): a JobcastRoute answers HEAD on
-    # a GET route as that GET, which for a stream would never end.
-    @reads.get("/api/jobs/{job_id}/events", responses=job_stream_responses, tags=["streams"])
-    @reads.head("/api/jobs/{job_id}/events", include_in_schema=False)
     async def job_events(request: Request, job_id: str) -> Response:
         """SSE: the job's whole retained history, then live; ends after its terminal event."""
         return await stream.job_stream(service_of(request.scope), request, job_id, streams)
 
-    @reads.get("/api/events", responses={**_ERRORS, **_STREAM_ERRORS}, tags=["streams"])
-    @reads.head("/api/events", include_in_schema=False)
     async def all_events(request: Request, task: str | None = None) -> Response:
         """SSE for every job: a `snapshot` first (or a replay after `Last-Event-ID`), then live."""
         return stream.all_jobs_stream(service_of(request.scope), request, task, streams)
+
+    for path, endpoint, responses in (
+        ("/api/jobs/{job_id}/events", job_events, job_stream_responses),
+        ("/api/events", all_events, {**_ERRORS, **_STREAM_ERRORS}),
+    ):
+        for method, documented in (("GET", True), ("HEAD", False)):  # HEAD: the head only
+            reads.add_api_route(
+                path,
+                endpoint,
+                methods=[method],
+                responses=responses,
+                tags=["streams"],
+                include_in_schema=documented,
+                route_class_override=stream_route,
+            )
 
     router.include_router(reads)
     router.include_router(writes)

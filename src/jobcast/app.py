@@ -171,6 +171,7 @@ class JobCast:
         open_service = self._open_redis if settings.redis_url else self._open_here
         async with open_service() as start, anyio.create_task_group() as task_group:
             service = await start(task_group)
+            task_group.start_soon(service.broadcaster.run)
             task_group.start_soon(_keepalive, service.log, settings.keepalive_interval)
             task_group.start_soon(self.streams.watch)
             task_group.start_soon(_stop_on_exit_signal, service)

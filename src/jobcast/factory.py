@@ -1,13 +1,12 @@
 """The app factory: the FastAPI app that serves a :class:`~jobcast.JobCast`.
 
 It brings together jobcast's router, the page, the policy for every route of the app
-(:class:`~jobcast.policy.Policy`), the answers to errors of routes a user adds, and the
-streams' fast path. The service itself comes from the JobCast's lifespan, as its state.
+(:class:`~jobcast.policy.Policy`) and the answers to errors of routes a user adds. The
+service itself comes from the JobCast's lifespan, as its state.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +17,8 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
-from starlette.types import ASGIApp
 
 from . import __version__
-from ._asgi import StreamFastPath
-from ._limits import StreamSlots
 from .exceptions import JobcastError
 from .policy import Policy
 from .responses import error_response
@@ -60,7 +56,7 @@ def create_app(jobs: JobCast, **fastapi_options: Any) -> FastAPI:
     settings = jobs.settings
     fastapi_options.setdefault("title", "jobcast")
     fastapi_options.setdefault("version", __version__)
-    app = _App(lifespan=jobs.lifespan, **fastapi_options)
+    app = FastAPI(lifespan=jobs.lifespan, **fastapi_options)
     open_paths = {
         "/",
         "/healthz",
@@ -85,55 +81,7 @@ def create_app(jobs: JobCast, **fastapi_options: Any) -> FastAPI:
         RedactTokens.install()
     app.include_router(jobs.router)
     add_page(app)
-    app.stream_fast_path = _FastPathSpec(
-        streams=jobs.streams,
-        policy=policy,
-        exception_handlers=dict(app.exception_handlers),
-    )
     return app
-
-
-@dataclass(slots=True, frozen=True)
-class _FastPathSpec:
-    """What :class:`StreamFastPath` needs, and the app's policy as ``create_app`` left it."""
-
-    streams: StreamSlots
-    policy: list[Middleware]
-    exception_handlers: dict[Any, Any]
-
-
-class _App(FastAPI):
-    """FastAPI, with jobcast's two SSE GETs served by :class:`~jobcast._asgi.StreamFastPath`.
-
-    The fast path sits outside the whole middleware stack that FastAPI builds, and applies the
-    app's own policy middleware itself. Only as long as the app is as ``create_app`` made it:
-    middleware or exception handlers added afterwards must see the streams too, so with those
-    the streams go through the framework like every other route.
-    """
-
-    stream_fast_path: _FastPathSpec | None = None
-
-    def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
-        spec = self.stream_fast_path
-        if (
-            spec is None
-            or self.user_middleware != spec.policy
-            or self.exception_handlers != spec.exception_handlers
-            or getattr(self, "max_body_size", None) is not None  # newer FastAPI: its own limit
-        ):
-            return stack
-        error_handler = None
-        for key, value in self.exception_handlers.items():  # as FastAPI picks it
-            if key in (500, Exception):
-                error_handler = value
-        return StreamFastPath(
-            stack,
-            streams=spec.streams,
-            policy=spec.policy,
-            error_handler=error_handler,
-            debug=self.debug,
-        )
 
 
 async def _jobcast_error(request: Request, exc: Exception) -> Response:

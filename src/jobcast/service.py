@@ -8,6 +8,7 @@ from typing import Any, Unpack
 
 from ._limits import StartRate
 from .backends.base import Backend
+from .broadcast import Broadcaster
 from .events import Event
 from .exceptions import NotAccepting
 from .jobs import Job, JobState
@@ -38,6 +39,8 @@ class Service:
         self.backend = backend
         self.table = backend.table
         self.log = backend.log
+        #: Writes the log's new events to every caught-up stream; the lifespan runs it.
+        self.broadcaster = Broadcaster(self.log)
         self.rate = rate
         self.lifecycle = Lifecycle(registry, settings, backend)
 

@@ -1,7 +1,9 @@
 """The SSE streams: each client is a cursor into the event log, rendered as joined bytes.
 
-A stream wakes when the log changes, takes everything between its position and the end of
-the log (up to a cap) and sends it as one write: under load events batch by themselves. A
+A stream first sends, from its own task, what it has not seen: a snapshot or a replay after
+its ``Last-Event-ID``, up to a cap per write. Once caught up it joins the log's
+:class:`~jobcast.broadcast.Broadcaster`, which writes each batch of new events to every
+caught-up stream at once, and is handed back to its own task whenever it falls behind. A
 position the log no longer holds is a gap, reported as ``reset`` followed by a fresh
 ``snapshot``: never a silent loss. So is a position the log never reached (an id from
 another server, or from a database since deleted).
@@ -18,26 +20,26 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from ._limits import Slot, StreamSlots, client_key
+from .broadcast import EVERY_JOB, KEEPALIVE, WRITE_LIMIT, Filter, Subscriber, accepts
 from .eventlog import EventLog, Gap
 from .events import Event, encode_frame
 from .service import Service
 
 __all__ = ["EventStream", "all_jobs_stream", "job_stream", "last_event_id"]
 
-#: Most events looked at per wake-up, and most bytes sent in one write: together they bound
-#: the work and the memory that one client, however far behind, can take at a time.
+#: Most events a stream looks at per read of its own; with the most bytes sent in one write
+#: (:data:`~jobcast.broadcast.WRITE_LIMIT`), what bounds the work and the memory that one
+#: client, however far behind, can take at a time.
 READ_LIMIT = 1000
-WRITE_LIMIT = 64 * 1024
-KEEPALIVE = b": keepalive\n\n"
 _MAX_ID = 2**63 - 1
 
 logger = logging.getLogger("jobcast")
@@ -53,44 +55,44 @@ _HEADERS = [
 
 
 class EventStream(Response):
-    """The answer of a stream: bytes that are SSE frames already, sent as plain ASGI
-    messages, one per chunk the frames iterator yields.
+    """The answer of a stream: SSE frames sent as plain ASGI messages.
 
-    Per connection it runs one task besides the response itself: a listener that ends the
-    stream when the client leaves. Keepalives come from one timer for every stream (the
-    event log is poked and each idle stream writes a comment), and shutdown closes the event
-    log, which ends every stream after its last events. A write is stamped while it waits,
-    and one watchdog for every stream drops those that waited too long
+    The connection's own task runs it: it sends what the client lacks (the snapshot or a
+    replay, a write the broadcaster left suspended, events it fell behind on), and once
+    caught up it joins the :class:`~jobcast.broadcast.Broadcaster` and parks on ``receive``,
+    which returns when the client leaves. No other task runs per connection. Keepalives come
+    from one timer for every stream, through the broadcaster; shutdown closes the event log,
+    which ends every stream after its last events. A write of the stream's own is stamped
+    while it waits, and one watchdog for every stream drops those that waited too long
     (:meth:`~jobcast._limits.StreamSlots.watch`).
     """
 
     media_type = "text/event-stream"
 
     def __init__(
-        self,
-        frames: AsyncIterator[bytes],
-        *,
-        slot: Slot | None = None,
-        slots: StreamSlots | None = None,
+        self, follow: _Follow, *, slot: Slot | None = None, slots: StreamSlots | None = None
     ) -> None:
         self.status_code = 200
         self.background = None
         self.raw_headers = list(_HEADERS)
-        self._frames = frames
+        self._follow = follow
         self._slot = slot
         self._slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         slot = self._slot
         try:
+            start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
             if scope["method"] == "HEAD":  # the head only, never a stream
-                await send(self._start())
+                await send(start)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
             with anyio.CancelScope() as cancel:
                 if slot is not None:
                     slot.scope = cancel
-                await self._serve(receive, send)
+                await send(start)
+                await self._follow.run(receive, send, slot)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             if slot is not None and slot.dropped:
                 logger.info(
                     "dropped a stream to %s: it read nothing for %s s",
@@ -101,37 +103,6 @@ class EventStream(Response):
         finally:
             if slot is not None and self._slots is not None:
                 self._slots.give_back(slot)
-
-    def _start(self) -> Message:
-        return {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-
-    async def _serve(self, receive: Receive, send: Send) -> None:
-        """Send the frames until they end or the client leaves."""
-        await send(self._start())
-        slot = self._slot
-        try:
-            async with anyio.create_task_group() as task_group:
-
-                async def leave_on_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    task_group.cancel_scope.cancel()
-
-                task_group.start_soon(leave_on_disconnect)
-                async for chunk in self._frames:
-                    message = {"type": "http.response.body", "body": chunk, "more_body": True}
-                    if slot is None:
-                        await send(message)
-                        continue
-                    slot.sending_since = time.monotonic()
-                    await send(message)
-                    slot.sending_since = 0.0
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                task_group.cancel_scope.cancel()
-        except BaseExceptionGroup as group:  # raise what failed, not the group around it
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
 
 
 async def _abort(receive: Receive) -> None:
@@ -196,84 +167,143 @@ def _reset_frame(position: int, log: EventLog, reason: str = _GONE) -> bytes:
     return encode_frame("reset", data)
 
 
-async def _follow(
-    log: EventLog,
-    position: int,
-    *,
-    first: bytes,
-    accept: Callable[[Event], bool],
-    snapshot: Callable[[], tuple[bytes, int]],
-    done: Callable[[int], bool],
-    catch_up: Callable[[int], Awaitable[None]],
-) -> AsyncIterator[bytes]:
-    """Yield everything after ``position`` that ``accept`` passes, joined per wake-up.
+class _Follow:
+    """One client's way through the log: what it has not seen, in order, then live.
 
     ``snapshot()`` gives the frame that replaces lost history and the position it stands at;
     ``done(position)`` says when the stream has said all it will; ``catch_up(position)``
-    waits, a bounded time, for events another process has published up to ``position``.
+    waits, a bounded time, for events another process has published up to ``position``;
+    ``kept(position)`` reads what the log no longer holds from where the backend keeps it.
     """
-    log.subscribers += 1
-    try:
-        pending = first
+
+    def __init__(
+        self,
+        service: Service,
+        position: int,
+        *,
+        which: Filter,
+        first: bytes,
+        snapshot: Callable[[], tuple[bytes, int]],
+        done: Callable[[int], bool] | None = None,
+        kept: Callable[[int], Awaitable[list[Event]]] | None = None,
+    ) -> None:
+        self.log = service.log
+        self.broadcaster = service.broadcaster
+        self.catch_up = service.catch_up
+        self.position = position
+        self.which = which
+        self.first = first
+        self.snapshot = snapshot
+        self.done = done
+        self.kept = kept
+
+    async def run(self, receive: Receive, send: Send, slot: Slot | None) -> None:
+        """Send the client everything after its position until the stream ends or the
+        client leaves."""
+        log, broadcaster = self.log, self.broadcaster
+        subscriber = Subscriber(send, self.which, self.position, self.done)
+        pending = self.first
         asked = False
-        while True:
-            if position > log.last_seq and not asked:
-                # With Redis an id may come from another API process that is ahead of this
-                # one: resume from it once this process has read that far.
-                asked = True
-                await catch_up(position)
-                continue
-            if position > log.last_seq:
-                # An id this log never gave out: waiting for the log to reach it would leave
-                # the client silent for as long, so it starts over like after a gap.
-                pending += _reset_frame(position, log, _UNKNOWN)
-                frame, position = snapshot()
-                pending += frame
-                continue
-            if position > log.visible_seq and not log.closed:
-                # A snapshot stands at the newest event, which the store has not kept yet.
-                await log.wait(log.visible_seq)
-                continue
-            try:
-                batch = log.read(position, READ_LIMIT)
-            except Gap:
-                pending += _reset_frame(position, log)
-                frame, position = snapshot()
-                pending += frame
-                continue
-            parts = [pending]
-            size = len(pending)
-            for event in batch:
-                position = event.seq
-                if accept(event):
-                    parts.append(event.frame)
-                    size += len(event.frame)
-                    if size >= WRITE_LIMIT:
-                        break
-            if size:
-                yield b"".join(parts)
-                pending = b""
-            if done(position) or log.closed:
-                return
-            if position < log.visible_seq:
-                continue
-            await log.wait(position)
-            if log.visible_seq == position and not log.closed:
-                pending = KEEPALIVE  # woken with nothing new: the keepalive timer
-    finally:
-        log.subscribers -= 1
+        log.subscribers += 1
+        try:
+            while True:
+                if subscriber.write is not None:  # the broadcaster's, held by a full socket
+                    write, subscriber.write = subscriber.write, None
+                    await _stamped(slot, write)
+                if subscriber.error is not None:
+                    raise subscriber.error
+                position = subscriber.position
+                if position > log.last_seq and not asked:
+                    # With Redis an id may come from another API process that is ahead of
+                    # this one: resume from it once this process has read that far.
+                    asked = True
+                    await self.catch_up(position)
+                    continue
+                if position > log.last_seq:
+                    # An id this log never gave out: waiting for the log to reach it would
+                    # leave the client silent for as long, so it starts over like after a gap.
+                    pending += _reset_frame(position, log, _UNKNOWN)
+                    frame, subscriber.position = self.snapshot()
+                    pending += frame
+                    continue
+                if position > log.visible_seq and not log.closed:
+                    # A snapshot stands at the newest event, which the store has not kept yet.
+                    await log.wait(log.visible_seq)
+                    continue
+                try:
+                    body, position = await self._read(position)
+                except Gap:
+                    pending += _reset_frame(position, log)
+                    frame, subscriber.position = self.snapshot()
+                    pending += frame
+                    continue
+                if pending or body:
+                    message = {"type": "http.response.body", "body": pending + body}
+                    await _stamped(slot, send({**message, "more_body": True}))
+                    pending = b""
+                subscriber.position = position
+                if (self.done is not None and self.done(position)) or (log.closed and not body):
+                    return
+                if position < log.visible_seq or log.closed:
+                    continue
+                if not broadcaster.join(subscriber):  # the service is stopping
+                    await log.wait(position)
+                    if log.visible_seq == position and not log.closed:
+                        pending = KEEPALIVE
+                    continue
+                with anyio.CancelScope() as park:
+                    subscriber.park = park
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                subscriber.park = None
+                if not park.cancel_called:
+                    return  # the client left
+        finally:
+            log.subscribers -= 1
+            broadcaster.leave(subscriber)
+            if subscriber.write is not None:
+                subscriber.write.close()
+
+    async def _read(self, position: int) -> tuple[bytes, int]:
+        """The frames of the next events after ``position`` this stream shows, at most
+        about :data:`WRITE_LIMIT` bytes of them, and the position they reach."""
+        log = self.log
+        if self.kept is not None and position + 1 < log.first_seq and position <= log.last_seq:
+            # What memory no longer holds comes from where it is kept (the store, Redis), a
+            # page at a time, until memory takes over.
+            kept = await self.kept(position)
+            body = b"".join(event.frame for event in kept)
+            return body, kept[-1].seq if len(kept) == READ_LIMIT else log.first_seq - 1
+        parts: list[bytes] = []
+        size = 0
+        for event in log.read(position, READ_LIMIT):
+            position = event.seq
+            if accepts(self.which, event):
+                parts.append(event.frame)
+                size += len(event.frame)
+                if size >= WRITE_LIMIT:
+                    break
+        return b"".join(parts), position
+
+
+async def _stamped(slot: Slot | None, write: Awaitable[None]) -> None:
+    """Await a write of the stream's own, stamped for the watchdog while it waits."""
+    if slot is None:
+        await write
+        return
+    slot.sending_since = time.monotonic()
+    await write
+    slot.sending_since = 0.0
 
 
 def _retry_frame(retry_ms: int) -> bytes:
     return f"retry: {retry_ms}\n\n".encode()
 
 
-def _open(
-    streams: StreamSlots | None, request: Request, frames: AsyncIterator[bytes]
-) -> EventStream:
+def _open(streams: StreamSlots | None, request: Request, follow: _Follow) -> EventStream:
     if streams is None:
-        return EventStream(frames)
-    return EventStream(frames, slot=streams.take(client_key(request.scope)), slots=streams)
+        return EventStream(follow)
+    return EventStream(follow, slot=streams.take(client_key(request.scope)), slots=streams)
 
 
 def all_jobs_stream(
@@ -299,16 +329,9 @@ def all_jobs_stream(
     if position is None:
         frame, position = snapshot()
         first += frame
-    frames = _follow(
-        log,
-        position,
-        first=first,
-        accept=(lambda event: True) if task is None else (lambda event: event.task == task),
-        snapshot=snapshot,
-        done=lambda position: False,
-        catch_up=runner.catch_up,
-    )
-    return _open(streams, request, frames)
+    which = EVERY_JOB if task is None else ("task", task)
+    follow = _Follow(runner, position, which=which, first=first, snapshot=snapshot)
+    return _open(streams, request, follow)
 
 
 async def job_stream(
@@ -329,29 +352,23 @@ async def job_stream(
     position = last_event_id(request)
     if position is not None and job.finished and position >= job.last_seq:
         return Response(status_code=204)
-    start = job.first_seq - 1 if position is None else max(position, job.first_seq - 1)
+    at = job.first_seq - 1 if position is None else max(position, job.first_seq - 1)
+    first = _retry_frame(runner.settings.retry_ms)
+    durable = runner.backend.durable
+    if at + 1 < log.first_seq and not durable and position is None:
+        frame, at = snapshot()  # nothing keeps what memory lost: the job as it is
+        first += frame
 
-    async def frames() -> AsyncIterator[bytes]:
-        first, at = _retry_frame(runner.settings.retry_ms), start
-        if at + 1 < log.first_seq and not runner.backend.durable and position is None:
-            frame, at = snapshot()  # nothing keeps what memory lost: the job as it is
-            first += frame
-        # What memory no longer holds of the job comes from where it is kept (the store,
-        # Redis), a page at a time, until memory takes over.
-        while at + 1 < log.first_seq and at <= log.last_seq and runner.backend.durable:
-            kept = await runner.kept(job, after=at, limit=READ_LIMIT)
-            yield first + b"".join(event.frame for event in kept)
-            first = b""
-            at = kept[-1].seq if len(kept) == READ_LIMIT else log.first_seq - 1
-        async for frame in _follow(
-            log,
-            at,
-            first=first,
-            accept=lambda event: event.job_id == job.id,
-            snapshot=snapshot,
-            done=lambda position: job.finished and position >= job.last_seq,
-            catch_up=runner.catch_up,
-        ):
-            yield frame
+    async def kept(after: int) -> list[Event]:
+        return await runner.kept(job, after=after, limit=READ_LIMIT)
 
-    return _open(streams, request, frames())
+    follow = _Follow(
+        runner,
+        at,
+        which=("job", job.id),
+        first=first,
+        snapshot=snapshot,
+        done=lambda position: job.finished and position >= job.last_seq,
+        kept=kept if durable else None,
+    )
+    return _open(streams, request, follow)

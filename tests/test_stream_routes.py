@@ -1,8 +1,9 @@
-"""The streams' fast path: ``create_app`` serves the two SSE GETs around the framework.
+"""One stream path: the streams answer alike in every app they are served by.
 
-Every answer it gives must be the answer the framework's routes give: the same app with the
-fast path off (a middleware added after ``create_app`` turns it off), and ``jobs.router``
-mounted into another FastAPI app. Streams against a real uvicorn, as everywhere.
+``create_app()`` as it is, the same app with a middleware of the user's added, and
+``jobs.router`` mounted into another FastAPI app must give the same answers, refusals
+included: the stream routes carry the policy and the stream engine with them. Streams
+against a real uvicorn, as everywhere.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobcast import JobCast, stream
-from jobcast._asgi import StreamFastPath
 from tests.apps import make_jobs
 from tests.conftest import Server, free_port, wait_until
 from tests.sse import open_stream
@@ -57,15 +57,21 @@ class Seen:
 
 
 def build(kind: str, jobs: JobCast) -> FastAPI:
-    """The app of ``kind``: ``fast`` (create_app as is), ``framework`` or ``mounted``."""
+    """The app of ``kind``: ``made`` (create_app as is), ``extended`` (with a middleware and an
+    exception handler added) or ``mounted``."""
     if kind == "mounted":
         app = FastAPI(lifespan=jobs.lifespan)
         app.include_router(jobs.router)
         return app
     app = jobs.create_app()
-    if kind == "framework":
+    if kind == "extended":
         app.add_middleware(Seen, paths=[])
+        app.add_exception_handler(ValueError, _not_called)
     return app
+
+
+async def _not_called(request: Any, exc: Exception) -> Any:
+    raise AssertionError(f"not called: {exc!r}")
 
 
 @contextmanager
@@ -146,12 +152,12 @@ OPTIONS: dict[str, Any] = {
 
 
 @pytest.mark.anyio
-async def test_the_fast_path_answers_refusals_as_the_framework_does() -> None:
+async def test_every_app_answers_stream_refusals_alike() -> None:
     answers: dict[str, dict[str, Answer]] = {}
-    for kind in ("fast", "framework", "mounted"):
+    for kind in ("made", "extended", "mounted"):
         with served(kind, **OPTIONS) as (jobs, server):
             answers[kind] = await refusals(server, jobs)
-    fast = answers["fast"]
+    fast = answers["made"]
     assert {name: status for name, (status, _, _) in fast.items()} == {
         "no token": 401,
         "no token, job": 401,
@@ -169,7 +175,7 @@ async def test_the_fast_path_answers_refusals_as_the_framework_does() -> None:
     assert fast["cross origin"][1]["access-control-allow-origin"] == ORIGIN
     assert fast["cross origin"][2] == b"retry: 2000"
     assert "jobcast_token=" in fast["cross origin"][1]["set-cookie"]
-    assert answers["framework"] == fast
+    assert answers["extended"] == fast
     # The router mounted in an app of one's own carries the same policy: CORS and the
     # cookie included.
     for name, mounted in answers["mounted"].items():
@@ -177,9 +183,9 @@ async def test_the_fast_path_answers_refusals_as_the_framework_does() -> None:
 
 
 @pytest.mark.anyio
-async def test_streams_through_the_fast_path_replay_and_end_like_any_other() -> None:
+async def test_streams_replay_and_end_alike_in_every_app() -> None:
     frames: dict[str, list[tuple[str, int | None]]] = {}
-    for kind in ("fast", "framework"):
+    for kind in ("made", "extended", "mounted"):
         with served(kind) as (jobs, server):
             async with httpx.AsyncClient(timeout=10) as client:
                 started = await client.post(
@@ -191,34 +197,16 @@ async def test_streams_through_the_fast_path_replay_and_end_like_any_other() -> 
                 async with open_stream(client, url) as events:
                     frames[kind] = [(frame.event, frame.id) for frame in await events.rest()]
                     assert events.retry == jobs.settings.retry_ms
-    names = [name for name, _ in frames["fast"]]
+    names = [name for name, _ in frames["made"]]
     assert names[:2] == ["queued", "running"] and names[-1] == "succeeded"
     assert names.count("log") == 3
-    ids = [seq or 0 for _, seq in frames["fast"]]
+    ids = [seq or 0 for _, seq in frames["made"]]
     assert ids == sorted(set(ids)) and ids[0] > 0
     # Progress events are coalesced on a clock; everything else is the same, in order.
-    assert [name for name in names if name != "progress"] == [
-        name for name, _ in frames["framework"] if name != "progress"
-    ]
-
-
-def test_the_fast_path_serves_only_the_app_as_create_app_made_it() -> None:
-    jobs = make_jobs()
-    app = jobs.create_app()
-    assert isinstance(app.build_middleware_stack(), StreamFastPath)
-    app = jobs.create_app()
-    app.add_middleware(Seen, paths=[])
-    assert not isinstance(app.build_middleware_stack(), StreamFastPath)
-    app = jobs.create_app()
-
-    async def handler(request: Any, exc: Exception) -> Any:
-        raise AssertionError("not called")
-
-    app.add_exception_handler(ValueError, handler)
-    assert not isinstance(app.build_middleware_stack(), StreamFastPath)
-    # FastAPI's own body limit applies to every request, streams included.
-    app = jobs.create_app(max_body_size=1000)
-    assert not isinstance(app.build_middleware_stack(), StreamFastPath)
+    for kind in ("extended", "mounted"):
+        assert [name for name in names if name != "progress"] == [
+            name for name, _ in frames[kind] if name != "progress"
+        ]
 
 
 @pytest.mark.anyio
@@ -239,7 +227,7 @@ async def test_a_middleware_added_to_the_app_sees_the_streams() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", ["fast", "framework"])
+@pytest.mark.parametrize("kind", ["made", "extended", "mounted"])
 async def test_an_unexpected_error_before_the_answer_is_a_500(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

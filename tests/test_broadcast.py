@@ -1,0 +1,226 @@
+"""The stream engine: one broadcaster per log, and each stream's own path when it falls behind.
+
+Against a real uvicorn: streams of every filter at once, a reader whose socket fills up, a
+``send`` that suspends on every write, and one that fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import httpx
+import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from jobcast import JobCast
+from jobcast.broadcast import WRITE_LIMIT, chunks
+from jobcast.events import Event
+from tests.apps import gate
+from tests.conftest import Server, wait_until
+from tests.sse import Frame, Stream, open_stream
+
+pytestmark = [pytest.mark.anyio]
+
+Serve = Callable[..., tuple[JobCast, Server]]
+
+
+async def start(client: httpx.AsyncClient, server: Server, task: str, **params: Any) -> str:
+    response = await client.post(f"{server.url}/api/tasks/{task}/jobs", json=params)
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def ended(job_id: str) -> Callable[[Frame], bool]:
+    return lambda f: f.event == "succeeded" and f.data["job"]["id"] == job_id
+
+
+def lines_of(frames: list[Frame], job_id: str) -> list[str]:
+    return [f.data["line"][:6] for f in frames if f.event == "log" and f.data["job_id"] == job_id]
+
+
+def assert_in_order_once(frames: list[Frame]) -> None:
+    ids = [f.id for f in frames if f.id is not None]
+    assert ids == sorted(set(ids)), "ids out of order or seen twice"
+
+
+@pytest.mark.unit
+def test_a_batch_is_cut_into_writes_of_about_the_write_limit() -> None:
+    events = [
+        Event.create(seq, 0.0, "log", job_id="j", task="t", payload={"line": "x" * 1000})
+        for seq in range(1, 301)
+    ]
+    writes = chunks(events)
+    assert b"".join(body for body, _ in writes) == b"".join(e.frame for e in events)
+    assert [last for _, last in writes][-1] == 300
+    largest = max(len(e.frame) for e in events)
+    assert len(writes) > 1
+    assert all(WRITE_LIMIT <= len(body) < WRITE_LIMIT + largest for body, _ in writes[:-1])
+    assert len(writes[-1][0]) < WRITE_LIMIT + largest
+
+
+async def test_streams_of_every_filter_get_exactly_their_events(
+    serve: Serve, client: httpx.AsyncClient
+) -> None:
+    jobs, server = serve()
+    name = "broadcast-filters"
+    async with (
+        open_stream(client, f"{server.url}/api/events") as every,
+        open_stream(client, f"{server.url}/api/events?task=flood") as floods,
+    ):
+        for stream in (every, floods):
+            assert (await stream.next()).event == "snapshot"
+        held = await start(client, server, "hold", name=name)
+        async with open_stream(client, f"{server.url}/api/jobs/{held}/events") as one:
+            await one.until(lambda f: f.event == "log")  # live, and joined
+            # One burst of 3,000 lines, 300 KB: several writes per batch.
+            flood = await start(client, server, "flood", lines=3000, width=100)
+            every_frames = await every.until(ended(flood), seconds=30)
+            flood_frames = await floods.until(ended(flood), seconds=30)
+            gate(name).set()
+            one_frames = await one.rest(seconds=10)
+        every_frames += await every.until(ended(held), seconds=10)
+    expected = [f"{i:06d}" for i in range(3000)]
+    assert lines_of(every_frames, flood) == expected
+    assert lines_of(flood_frames, flood) == expected
+    assert {f.data["job"]["id"] for f in flood_frames if "job" in f.data} == {flood}
+    assert [f.event for f in one_frames][-1] == "succeeded"
+    assert {f.data.get("job_id") or f.data["job"]["id"] for f in one_frames} == {held}
+    for frames in (every_frames, flood_frames, one_frames):
+        assert_in_order_once(frames)
+
+
+async def test_a_reader_whose_socket_fills_up_catches_up_alone_and_joins_again(
+    serve: Serve,
+) -> None:
+    jobs, server = serve(stream_send_timeout=60)
+    url = f"{server.url}/api/events"
+    async with (
+        httpx.AsyncClient(timeout=30) as fast_client,
+        httpx.AsyncClient(timeout=30) as slow_client,
+        open_stream(fast_client, url) as fast,
+        slow_client.stream("GET", url) as slow_response,
+    ):
+        assert (await fast.next()).event == "snapshot"
+        # 10 MB in one burst, while the slow client reads nothing: its socket fills, its write
+        # waits, and the fast one must not wait with it.
+        flood = await start(fast_client, server, "flood", lines=4000, width=2500)
+        fast_frames = await fast.until(ended(flood), seconds=60)
+        slow = Stream(slow_response)
+        slow_frames = await slow.until(ended(flood), seconds=60)
+        # Caught up, it is live again: the next job's events reach it as they happen.
+        after = await start(fast_client, server, "shout", lines=3)
+        slow_frames += await slow.until(
+            lambda f: f.event == "succeeded" and f.data["job"]["id"] == after, seconds=10
+        )
+    expected = [f"{i:06d}" for i in range(4000)]
+    assert lines_of(fast_frames, flood) == expected
+    assert lines_of(slow_frames, flood) == expected
+    assert [
+        f.data["line"] for f in slow_frames if f.event == "log" and f.data["job_id"] == after
+    ] == [
+        "line 0",
+        "line 1",
+        "line 2",
+    ]
+    assert_in_order_once(slow_frames)
+    runner = jobs.runner
+    wait_until(lambda: runner.log.subscribers == 0 and len(runner.broadcaster) == 0)
+
+
+class EveryWriteWaits:
+    """A user's middleware whose ``send`` yields to the loop before every write."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def waiting_send(message: Message) -> None:
+            await anyio.lowlevel.checkpoint()
+            await send(message)
+
+        await self.app(scope, receive, waiting_send)
+
+
+class FailsOnWrite:
+    """A user's middleware whose ``send`` fails once a stream asked for it has started."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if b"fail=1" not in scope.get("query_string", b""):
+            await self.app(scope, receive, send)
+            return
+        writes = 0
+
+        async def failing_send(message: Message) -> None:
+            nonlocal writes
+            if message["type"] == "http.response.body":
+                writes += 1
+                if writes > 2:
+                    raise OSError("the proxy went away")
+            await send(message)
+
+        await self.app(scope, receive, failing_send)
+
+
+def with_middleware(middleware: type) -> Callable[[JobCast], Any]:
+    def build(jobs: JobCast) -> Any:
+        app = jobs.create_app()
+        app.add_middleware(middleware)
+        return app
+
+    return build
+
+
+async def test_streams_whose_every_write_waits_take_their_own_path_and_miss_nothing(
+    serve: Serve, client: httpx.AsyncClient
+) -> None:
+    jobs, server = serve(build=with_middleware(EveryWriteWaits))
+    async with open_stream(client, f"{server.url}/api/events") as every:
+        assert (await every.next()).event == "snapshot"
+        flood = await start(client, server, "flood", lines=2000, width=50)
+        async with open_stream(client, f"{server.url}/api/jobs/{flood}/events") as one:
+            frames = await every.until(ended(flood), seconds=30)
+            one_frames = await one.rest(seconds=30)
+        # Caught up, it joined the broadcast again, whose next write waits again.
+        after = await start(client, server, "shout", lines=3)
+        frames += await every.until(ended(after), seconds=10)
+    assert [f.data["line"] for f in frames if f.event == "log" and f.data["job_id"] == after] == [
+        "line 0",
+        "line 1",
+        "line 2",
+    ]
+    assert lines_of(frames, flood) == [f"{i:06d}" for i in range(2000)]
+    assert lines_of(one_frames, flood) == [f"{i:06d}" for i in range(2000)]
+    assert one_frames[-1].event == "succeeded"
+    assert_in_order_once(frames)
+    assert_in_order_once(one_frames)
+
+
+async def test_a_write_that_fails_ends_that_stream_alone(
+    serve: Serve, client: httpx.AsyncClient
+) -> None:
+    jobs, server = serve(build=with_middleware(FailsOnWrite))
+    async with (
+        open_stream(client, f"{server.url}/api/events") as healthy,
+        client.stream("GET", f"{server.url}/api/events?fail=1") as failing,
+    ):
+        assert (await healthy.next()).event == "snapshot"
+        wait_until(lambda: jobs.runner.log.subscribers == 2)
+        first = await start(client, server, "shout", lines=5)
+        frames = await healthy.until(ended(first), seconds=10)
+        with pytest.raises(httpx.HTTPError):  # cut off: the stream's task raised the error
+            with anyio.fail_after(10):
+                async for _ in failing.aiter_bytes():
+                    pass
+        second = await start(client, server, "shout", lines=5)
+        frames += await healthy.until(ended(second), seconds=10)
+    assert [f.data["line"] for f in frames if f.event == "log"] == [
+        f"line {i}" for i in range(5)
+    ] * 2
+    assert_in_order_once(frames)
+    assert (await client.get(f"{server.url}/healthz")).status_code == 200
