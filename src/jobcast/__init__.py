@@ -31,6 +31,7 @@ from .exceptions import (
     UnknownTask,
 )
 from .jobs import TERMINAL_STATES, Job, JobState, Progress
+from .schemas import JobOut
 from .settings import Settings
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "JobContext",
     "JobActive",
     "JobFinished",
+    "JobOut",
     "JobState",
     "JobcastError",
     "LimitReached",
