@@ -312,7 +312,9 @@ class JobCast:
             await redis.aclose()
 
     def add_page(self, app: FastAPI) -> None:
-        """Serve the dashboard page at ``/`` of ``app`` and its files under ``/static``.
+        """Serve the dashboard page at ``/`` of ``app`` and its files under ``/static``, and
+        the docs page at ``app.docs_url`` with every file it loads from this server (in
+        place of FastAPI's, which loads Swagger UI from a CDN; ReDoc is not served).
 
         For an app of one's own with :attr:`router` included at its root, where the page
         finds the API.

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 from . import __version__
 from ._asgi import StreamFastPath
 from ._limits import StreamSlots
+from .docs import serve_docs
 from .exceptions import JobcastError
 from .policy import Policy
 from .responses import error_response
@@ -41,7 +42,9 @@ def _static_dir() -> Path:
 
 
 def add_page(app: FastAPI) -> None:
-    """Serve the dashboard page at ``/`` of ``app`` and its files under ``/static``."""
+    """Serve the dashboard page at ``/`` of ``app`` and its files under ``/static``, and the
+    docs page at ``app.docs_url`` with every file from the server (see :mod:`jobcast.docs`)."""
+    serve_docs(app)
     static = _static_dir()
     app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
 
@@ -60,6 +63,7 @@ def create_app(jobs: JobCast, **fastapi_options: Any) -> FastAPI:
     settings = jobs.settings
     fastapi_options.setdefault("title", "jobcast")
     fastapi_options.setdefault("version", __version__)
+    fastapi_options.setdefault("redoc_url", None)  # no copy of ReDoc to serve offline
     app = _App(lifespan=jobs.lifespan, **fastapi_options)
     open_paths = {
         "/",
