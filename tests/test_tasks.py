@@ -4,9 +4,9 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import pytest
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from jobcast import JobcastError, JobContext, UnknownTask
+from jobcast import InvalidParams, JobcastError, JobContext, UnknownTask
 from jobcast.executors import ThreadExecutor
 from jobcast.tasks import Task, TaskRegistry
 
@@ -51,11 +51,11 @@ def test_params_take_defaults_from_the_signature() -> None:
 def test_params_without_default_are_required() -> None:
     task = register(resize)
 
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidParams) as caught:
         task.validate({"quality": 5})
 
-    assert [(error["type"], error["loc"]) for error in caught.value.errors()] == [
-        ("missing", ("folder",))
+    assert [(error["type"], error["loc"]) for error in caught.value.errors] == [
+        ("missing", ["body", "folder"])
     ]
 
 
@@ -63,7 +63,7 @@ def test_params_without_default_are_required() -> None:
 def test_params_bounds_from_annotated_field_are_enforced(quality: int) -> None:
     task = register(resize)
 
-    with pytest.raises(ValidationError, match="quality"):
+    with pytest.raises(InvalidParams, match="quality"):
         task.validate({"folder": "in", "quality": quality})
 
 
@@ -75,16 +75,16 @@ def test_params_bounds_are_inclusive(quality: int) -> None:
 def test_params_refuse_unknown_fields() -> None:
     task = register(resize)
 
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidParams) as caught:
         task.validate({"folder": "in", "qualty": 5})
 
-    assert [(error["type"], error["loc"]) for error in caught.value.errors()] == [
-        ("extra_forbidden", ("qualty",))
+    assert [(error["type"], error["loc"]) for error in caught.value.errors] == [
+        ("extra_forbidden", ["body", "qualty"])
     ]
 
 
 def test_params_refuse_the_wrong_type() -> None:
-    with pytest.raises(ValidationError, match="rows"):
+    with pytest.raises(InvalidParams, match="rows"):
         register(crunch).validate({"rows": "many"})
 
 
@@ -106,14 +106,15 @@ def anything(ctx: JobContext, line: str, ratio: float, extra: Any = None) -> Non
 def test_params_json_cannot_carry_are_refused_naming_the_field_even_in_process(
     params: dict[str, Any], kind: str, loc: tuple[str, ...] | None
 ) -> None:
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(InvalidParams) as caught:
         register(anything).validate(params)
 
-    (error,) = caught.value.errors()
+    (error,) = caught.value.errors
     assert error["type"] == kind
-    assert error["loc"][0] == (loc or ("extra",))[0]
+    assert error["loc"][:2] == ["body", (loc or ("extra",))[0]]
     if loc is not None:
-        assert error["loc"] == loc
+        assert error["loc"] == ["body", *loc]
+    assert f"task 'anything': {error['loc'][1]}" in str(caught.value)  # names the field
 
 
 def test_task_with_only_the_context_takes_no_params() -> None:
@@ -123,7 +124,7 @@ def test_task_with_only_the_context_takes_no_params() -> None:
     task = register(ping)
 
     assert task.validate({}) == {}
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidParams):
         task.validate({"anything": 1})
 
 
@@ -150,7 +151,7 @@ def test_tasks_registered_in_a_loop_get_their_own_params_models() -> None:
     small, large = LOOP_TASKS.get("small"), LOOP_TASKS.get("large")
 
     assert small.params_model is not large.params_model
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidParams):
         small.validate({"n": 11})
     assert large.validate({"n": 11}) == {"n": 11}
     assert small.info()["params_schema"]["properties"]["n"]["maximum"] == 10
@@ -256,6 +257,15 @@ def test_positional_only_params_are_refused() -> None:
 
     with pytest.raises(TypeError, match="'folder' cannot be positional-only"):
         register(positional)
+
+
+def test_a_param_named_like_an_option_of_start_is_refused() -> None:
+    # pydantic would take `_delay` for a private attribute: the param would never arrive.
+    def shadowing(ctx: JobContext, _delay: float = 1.0) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="'_delay' cannot start with '_'"):
+        register(shadowing)
 
 
 def test_a_function_without_the_context_parameter_is_refused() -> None:

@@ -10,6 +10,7 @@ from .exceptions import (
     BackendUnavailable,
     CrossOrigin,
     DuplicateJob,
+    InvalidParams,
     JobActive,
     JobCancelled,
     JobcastError,
@@ -30,18 +31,21 @@ from .exceptions import (
     UnknownTask,
 )
 from .jobs import TERMINAL_STATES, Job, JobState, Progress
+from .schemas import JobOut
 from .settings import Settings
 
 __all__ = [
     "BackendUnavailable",
     "CrossOrigin",
     "DuplicateJob",
+    "InvalidParams",
     "Job",
     "JobCancelled",
     "JobCast",
     "JobContext",
     "JobActive",
     "JobFinished",
+    "JobOut",
     "JobState",
     "JobcastError",
     "LimitReached",

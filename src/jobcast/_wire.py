@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "describe",
     "finite",
     "safe_text",
+    "shown_errors",
     "travel_problem",
 ]
 
@@ -189,3 +191,47 @@ def travel_problem(value: object) -> tuple[str, str] | None:
         if value.bit_length() > MAX_INT_BITS:
             return ("int_too_long", "this integer is too long to handle; send a smaller one")
     return None
+
+
+#: Characters of a client's string, and items of its list or object, echoed in a 422.
+_ECHO_TEXT = 200
+_ECHO_ITEMS = 20
+
+
+def shown_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Validation errors as a 422 shows them (FastAPI's ``detail`` items), with each
+    error's ``input`` echoed only as far as it is short, and numbers JSON cannot carry
+    written as text: a 45 MB param is not sent back, and ``NaN`` is not a 500."""
+    shown_all: list[dict[str, Any]] = []
+    for error in errors:
+        if not isinstance(error, dict):
+            shown_all.append({"msg": describe(error, 1000)})
+            continue
+        shown = {key: value for key, value in error.items() if key not in ("input", "ctx")}
+        if "input" in error:
+            shown["input"] = _echo(error["input"], 0)
+        if isinstance(error.get("ctx"), dict):
+            shown["ctx"] = {str(key): _echo(value, 0) for key, value in error["ctx"].items()}
+        shown_all.append(shown)
+    return shown_all
+
+
+def _echo(value: Any, depth: int) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return describe(value, _ECHO_TEXT)
+    if isinstance(value, int):
+        return value if value.bit_length() <= 64 else describe(value, 40)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict | list | tuple):
+        if depth >= 3 or len(value) > _ECHO_ITEMS:
+            kind = "object" if isinstance(value, dict) else "list"
+            return f"<an {kind} of {len(value)} items, not echoed>"
+        if isinstance(value, dict):
+            return {
+                describe(key, _ECHO_TEXT): _echo(item, depth + 1) for key, item in value.items()
+            }
+        return [_echo(item, depth + 1) for item in value]
+    return describe(value, _ECHO_TEXT)

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
-import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, ClassVar, NoReturn
+from typing import Annotated, Any, ClassVar
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from fastapi.datastructures import Default, DefaultPlaceholder
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import AwareDatetime, ValidationError
+from pydantic import PlainValidator
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
@@ -20,11 +20,18 @@ from starlette.types import Message, Receive, Scope, Send
 from . import stream
 from ._limits import ParamsProblem, StreamSlots, check_params, client_key, too_deep
 from .exceptions import JobcastError
-from .jobs import MAX_PRIORITY, JobState, check_time
-from .lifecycle import Placement
+from .jobs import JobState
 from .policy import Policy
 from .responses import SafeJSONResponse, error_response, validation_response
-from .schemas import DuplicateOut, ErrorOut, JobOut, LogLineOut, ScheduleOut, TaskOut
+from .schemas import (
+    DuplicateOut,
+    ErrorOut,
+    JobOut,
+    LogLineOut,
+    ScheduleOut,
+    StartOptions,
+    TaskOut,
+)
 from .security import Guard
 from .service import Service, service_of
 from .settings import Settings
@@ -90,7 +97,7 @@ class JobcastRoute(APIRoute):
                         return SafeJSONResponse({"detail": detail}, status_code=415)
                     problem = await _params_problem(request, max_depth, max_string)
                     if problem is not None:
-                        error = {"type": problem.kind, "loc": ("body", *problem.loc)}
+                        error = {"type": problem.kind, "loc": ("body", *problem.loc), "input": None}
                         return validation_response([{**error, "msg": problem.message}])
                 return await handler(request)
             except JobcastError as exc:
@@ -193,45 +200,6 @@ _STREAM_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-#: The longest a job may be put off: a year.
-MAX_DELAY = 366 * 86_400.0
-
-
-def _placement(
-    delay: Annotated[
-        float | None,
-        Query(ge=0, le=MAX_DELAY, description="seconds the job waits before it may run"),
-    ] = None,
-    run_at: Annotated[
-        AwareDatetime | None,
-        Query(description="when the job may run: ISO 8601 with its offset (`Z`, `%2B02:00`)"),
-    ] = None,
-    priority: Annotated[
-        int,
-        Query(
-            ge=-MAX_PRIORITY,
-            le=MAX_PRIORITY,
-            description="higher runs first; first in, first out within a priority",
-        ),
-    ] = 0,
-) -> Placement:
-    """Where a new job stands in the queue, from the query string."""
-    at = None if delay is None else time.time() + delay
-    if run_at is not None:
-        if delay is not None:
-            _refuse_query("run_at", "give either delay or run_at, not both", run_at.isoformat())
-        try:
-            at = check_time("run_at", run_at.timestamp())
-        except ValueError as exc:
-            _refuse_query("run_at", str(exc), run_at.isoformat())
-    return {"run_at": at, "priority": priority}
-
-
-def _refuse_query(name: str, message: str, value: str) -> NoReturn:
-    error = {"type": "value_error", "loc": ("query", name), "msg": message, "input": value}
-    raise RequestValidationError([error])
-
-
 async def _submit(
     runner: Service, request: Request, start: Callable[[], Awaitable[Submitted]]
 ) -> SafeJSONResponse:
@@ -244,9 +212,6 @@ async def _submit(
     created = False
     try:
         job, created = await start()
-    except ValidationError as exc:
-        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
-        raise RequestValidationError(errors) from exc
     finally:
         if not created:
             await runner.rate.give_back(client)
@@ -258,42 +223,42 @@ async def _submit(
 
 
 async def _start(
-    request: Request, task: str, params: object, placement: Placement
+    request: Request, task: str, params: object, options: StartOptions
 ) -> SafeJSONResponse:
     runner = service_of(request.scope)
+    placement = options.placement()
+    params = {} if params is None else params
     return await _submit(runner, request, lambda: runner.submit(task, params, **placement))
 
 
+def _as_sent(params: Any) -> Any:
+    return params
+
+
+def _params_body(documented_as: Any) -> Any:
+    """The annotation of a start's body: documented as ``documented_as`` (a task's params
+    model), and left as sent by FastAPI, so that params have one check, their task's own
+    (:meth:`~jobcast.tasks.Task.validate`), whoever starts the job."""
+    return Annotated[Any, PlainValidator(_as_sent, json_schema_input_type=documented_as), Body()]
+
+
 def _typed_endpoint(task: Task) -> Callable[..., Coroutine[Any, Any, Response]]:
-    """An endpoint whose body is ``task``'s params model, so /docs shows its form.
+    """An endpoint whose body is documented as ``task``'s params model, so /docs shows its
+    form.
 
     The signature is built from real objects rather than annotation strings: FastAPI would
     resolve strings against this module's globals, where no such model exists.
     """
-    required = any(field.is_required() for field in task.params_model.model_fields.values())
 
-    async def start_job(request: Request, params: Any = None, placement: Any = None) -> Response:
-        values = params.model_dump() if params is not None else {}
-        return await _start(request, task.name, values, placement)
+    async def start_job(request: Request, options: Any, params: Any = None) -> Response:
+        return await _start(request, task.name, params, options)
 
-    default = Body(...) if required else Body(None)
+    parameter = functools.partial(inspect.Parameter, kind=inspect.Parameter.POSITIONAL_OR_KEYWORD)
     start_job.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
-            inspect.Parameter(
-                "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request
-            ),
-            inspect.Parameter(
-                "params",
-                inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                annotation=task.params_model,
-                default=default,
-            ),
-            inspect.Parameter(
-                "placement",
-                inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                annotation=dict[str, Any],
-                default=Depends(_placement),
-            ),
+            parameter("request", annotation=Request),
+            parameter("options", annotation=Annotated[StartOptions, Query()]),
+            parameter("params", annotation=_params_body(task.params_model), default=None),
         ]
     )
     return start_job
@@ -348,6 +313,7 @@ def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots)
         return [task.info() for task in service_of(request.scope).registry]
 
     for task in tasks:
+        required = any(field.is_required() for field in task.params_model.model_fields.values())
         writes.add_api_route(
             f"/api/tasks/{task.name}/jobs",
             _typed_endpoint(task),
@@ -359,6 +325,7 @@ def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots)
             description=task.description or None,
             tags=["tasks"],
             operation_id=f"start_{task.name.replace('-', '_')}",
+            openapi_extra={"requestBody": {"required": True}} if required else None,
         )
 
     @writes.post(
@@ -371,15 +338,17 @@ def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots)
     async def start_job(
         request: Request,
         task: str,
-        placement: Annotated[Placement, Depends(_placement)],
-        params: Annotated[dict[str, Any] | None, Body()] = None,
+        options: Annotated[StartOptions, Query()],
+        params: Annotated[
+            Any, PlainValidator(_as_sent, json_schema_input_type=dict[str, Any] | None), Body()
+        ] = None,
     ) -> Response:
         """Start a job of any task; the body is the task's params object.
 
         Answers 202 with the job and its `Location`. `delay` or `run_at` keep it queued
         until then; `priority` puts it ahead of lower ones.
         """
-        return await _start(request, task, params or {}, placement)
+        return await _start(request, task, params, options)
 
     @reads.get("/api/jobs", response_model=list[JobOut], responses=_ERRORS, tags=["jobs"])
     async def list_jobs(

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, Unpack, overload
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 from fastapi import APIRouter, FastAPI
 
@@ -21,6 +25,7 @@ from .eventlog import EventLog
 from .exceptions import NotAccepting
 from .runner import Runner
 from .schedules import Schedule
+from .schemas import JobOut, StartOptions
 from .service import STATE_KEY, Service
 from .settings import Settings
 from .store import MemoryStore, ReportsWrites, SqliteStore, Store
@@ -55,6 +60,8 @@ class JobCast:
         self._store = store
         self.tasks = TaskRegistry()
         self._runner: Service | None = None
+        # The running service's event loop, and its thread: where start_sync hands over.
+        self._loop: tuple[anyio.lowlevel.EventLoopToken, int] | None = None
         self._router: APIRouter | None = None
 
     @functools.cached_property
@@ -141,10 +148,87 @@ class JobCast:
     def runner(self) -> Service:
         """The running service, for code of this process (routes take it from the lifespan's
         state): a :class:`~jobcast.runner.Runner`, or with Redis a
-        :class:`~jobcast.cluster.hub.Hub`; only there between startup and shutdown."""
+        :class:`~jobcast.cluster.hub.Hub`; only there between startup and shutdown. To
+        start a job and wait for it, use :meth:`start` and :meth:`wait`."""
         if self._runner is None:
-            raise NotAccepting("the jobcast service is not running (lifespan not started)")
+            raise _not_running()
         return self._runner
+
+    async def start(
+        self,
+        task: str,
+        /,
+        *,
+        _delay: float | None = None,
+        _run_at: datetime | None = None,
+        _priority: int = 0,
+        **params: Any,
+    ) -> JobOut:
+        """Start a job of ``task`` with ``params``, as ``POST /api/tasks/{task}/jobs`` does,
+        and return it (as the API answers it) once it is stored.
+
+        It goes through the same service as the API: the queue and its limit, the task's
+        duplicates policy and the backend (SQLite, Redis) apply; a task that joins
+        duplicates returns the equal job already queued or running. Code of the app is
+        not counted against ``jobs_per_minute``, which limits each client of the API.
+
+        The options of the API's query string are the keyword arguments starting with
+        ``_``, which a task's params cannot: ``_delay`` (seconds) or ``_run_at`` (an aware
+        ``datetime``), and ``_priority`` (higher runs first).
+
+        Raises :class:`~jobcast.InvalidParams` (naming each field; its ``body()`` is the
+        API's 422), :class:`~jobcast.UnknownTask`, :class:`~jobcast.DuplicateJob`,
+        :class:`~jobcast.QueueFull`, and :class:`~jobcast.NotAccepting` while the service
+        is not running (outside the lifespan) or cannot take jobs.
+        """
+        runner = self.runner
+        options = StartOptions.checked(task, delay=_delay, run_at=_run_at, priority=_priority)
+        job, _ = await runner.submit(task, params, **options.placement())
+        return JobOut.model_validate(job.snapshot())
+
+    def start_sync(self, task: str, /, **params: Any) -> JobOut:
+        """:meth:`start` (with the same arguments, options included), for code that runs in
+        a thread of the process that runs the service: a sync route (FastAPI runs it in a
+        worker thread), a task in a thread, a thread of one's own. It blocks until the job
+        is stored.
+
+        Raises what :meth:`start` raises, and ``RuntimeError`` on the event loop's own
+        thread (async code there awaits :meth:`start` instead: blocking would stall the
+        loop that must store the job).
+        """
+        loop = self._loop
+        if loop is None:
+            raise _not_running()
+        token, loop_thread = loop
+        if threading.get_ident() == loop_thread:
+            raise RuntimeError(
+                "jobs.start_sync() was called on the event loop's thread, where it would "
+                "block the loop; in async code use `await jobs.start(...)`"
+            )
+        return anyio.from_thread.run(functools.partial(self.start, task, **params), token=token)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobOut:  # noqa: ASYNC109
+        """The job ``job_id`` once it has ended (succeeded, failed, cancelled or
+        interrupted), as the API shows it.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds, if given, saying how the job
+        stands: it runs on, and can be waited for again. Raises
+        :class:`~jobcast.UnknownJob`, and :class:`~jobcast.NotAccepting` when the service
+        stops before the job ends.
+        """
+        # A timeout of its own (not only the caller's anyio.fail_after): its error names the
+        # job and how it stands.
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be seconds from 0, or None, got {timeout!r}")
+        runner = self.runner
+        with anyio.move_on_after(timeout):
+            return JobOut.model_validate(await runner.wait(job_id))
+        job = runner.jobs.get(job_id)
+        state = job.shown["state"] if job is not None and job.shown else "not ended"
+        raise TimeoutError(
+            f"job {job_id} is still {state} after {timeout:g} s; wait again, or cancel it "
+            f"(POST /api/jobs/{job_id}/cancel)"
+        )
 
     @property
     def router(self) -> APIRouter:
@@ -176,10 +260,11 @@ class JobCast:
             task_group.start_soon(self.streams.watch)
             task_group.start_soon(_stop_on_exit_signal, service)
             self._runner = service
+            self._loop = (anyio.lowlevel.current_token(), threading.get_ident())
             try:
                 yield {STATE_KEY: service}
             finally:
-                self._runner = None
+                self._runner = self._loop = None
                 await service.shutdown()
                 task_group.cancel_scope.cancel()
 
@@ -228,7 +313,9 @@ class JobCast:
             await redis.aclose()
 
     def add_page(self, app: FastAPI) -> None:
-        """Serve the dashboard page at ``/`` of ``app`` and its files under ``/static``.
+        """Serve the dashboard page at ``/`` of ``app`` and its files under ``/static``, and
+        the docs page at ``app.docs_url`` with every file it loads from this server (in
+        place of FastAPI's, which loads Swagger UI from a CDN; ReDoc is not served).
 
         For an app of one's own with :attr:`router` included at its root, where the page
         finds the API.
@@ -239,6 +326,13 @@ class JobCast:
         """A FastAPI app serving the API, the streams and the dashboard page (see
         :func:`jobcast.factory.create_app`)."""
         return factory.create_app(self, **fastapi_options)
+
+
+def _not_running() -> NotAccepting:
+    return NotAccepting(
+        "the jobcast service is not running: run the app with its lifespan "
+        "(FastAPI(lifespan=jobs.lifespan)), or `async with jobs.lifespan():`"
+    )
 
 
 def _default_store(settings: Settings) -> Store:

@@ -137,7 +137,7 @@ recipe = APIRouter(tags=["recipe"], route_class=JobcastRoute.for_settings(jobs.s
 @recipe.post("/api/background-task")
 async def execute_background_task() -> dict[str, str]:
     """The recipe's start button: starts a `heavy` job (watch it on /api/events)."""
-    await jobs.runner.submit("heavy", {})
+    await jobs.start("heavy")
     return {"message": "ok"}
 
 

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._wire import describe, shown_errors
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 __all__ = [
     "BackendUnavailable",
     "CrossOrigin",
     "DuplicateJob",
+    "InvalidParams",
     "JobActive",
     "JobCancelled",
     "JobFinished",
@@ -83,6 +92,48 @@ class UnknownTask(JobcastError):
         super().__init__(
             f"no task named {_shown(name)}; choose one of: {choices} (GET /api/tasks lists them)"
         )
+
+
+class InvalidParams(JobcastError):
+    """Raised when the params of a new job, or the options of its start, are not valid.
+
+    ``errors`` are pydantic's, each located as FastAPI locates them: ``("body", field)``
+    for a param, ``("query", option)`` for a start option. The answer is the 422 that
+    FastAPI gives for a request it refuses, with the same body.
+    """
+
+    status_code = 422
+
+    def __init__(self, task: str, errors: Sequence[dict[str, Any]]) -> None:
+        self.task = task
+        self.errors = shown_errors(errors)
+        #: What is wrong, field by field, in words.
+        self.problems = "; ".join(_problem(error) for error in self.errors[:10])
+        if len(self.errors) > 10:
+            self.problems += f"; and {len(self.errors) - 10} more"
+        super().__init__(
+            f"invalid params for task {_shown(task)}: {self.problems}; fix them (GET "
+            "/api/tasks shows the schema of each task's params)"
+        )
+
+    @classmethod
+    def located(cls, task: str, error: ValidationError, where: str) -> InvalidParams:
+        """The error for pydantic's ``error``, its locations under ``where`` (``"body"``
+        or ``"query"``)."""
+        errors = error.errors(include_url=False)
+        return cls(task, [{**detail, "loc": [where, *detail["loc"]]} for detail in errors])
+
+    def body(self) -> dict[str, object]:
+        return {"detail": self.errors}
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """One error of :class:`InvalidParams` in words: where, and what is wrong there."""
+    where, *path = error.get("loc") or ["body"]
+    field = ".".join(describe(part, 80) for part in path)
+    if where == "query":  # the options of JobCast.start, named as it takes them
+        field = f"_{field}"
+    return f"{field or 'the params'}: {error.get('msg', 'invalid')}"
 
 
 class UnknownJob(JobcastError):

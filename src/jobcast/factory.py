@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
 from . import __version__
+from .docs import serve_docs
 from .exceptions import JobcastError
 from .policy import Policy
 from .responses import error_response
@@ -37,7 +38,9 @@ def _static_dir() -> Path:
 
 
 def add_page(app: FastAPI) -> None:
-    """Serve the dashboard page at ``/`` of ``app`` and its files under ``/static``."""
+    """Serve the dashboard page at ``/`` of ``app`` and its files under ``/static``, and the
+    docs page at ``app.docs_url`` with every file from the server (see :mod:`jobcast.docs`)."""
+    serve_docs(app)
     static = _static_dir()
     app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
 
@@ -56,6 +59,7 @@ def create_app(jobs: JobCast, **fastapi_options: Any) -> FastAPI:
     settings = jobs.settings
     fastapi_options.setdefault("title", "jobcast")
     fastapi_options.setdefault("version", __version__)
+    fastapi_options.setdefault("redoc_url", None)  # no copy of ReDoc to serve offline
     app = FastAPI(lifespan=jobs.lifespan, **fastapi_options)
     open_paths = {
         "/",

@@ -86,7 +86,7 @@ class Lifecycle:
         ``schedule`` names the schedule that starts it.
 
         A task that joins duplicates hands back the equal job already queued or running.
-        Raises :class:`~jobcast.UnknownTask`, pydantic's ``ValidationError``,
+        Raises :class:`~jobcast.UnknownTask`, :class:`~jobcast.InvalidParams`,
         :class:`~jobcast.DuplicateJob`, :class:`~jobcast.QueueFull`,
         :class:`~jobcast.NotAccepting`, or what the backend raises when it cannot take jobs
         (:class:`~jobcast.StoreUnavailable`, :class:`~jobcast.BackendUnavailable`).

@@ -1,12 +1,23 @@
-"""The JSON shapes that cross HTTP, as pydantic models (for validation of output and /docs)."""
+"""The JSON shapes that cross HTTP, as pydantic models (for validation, and for /docs)."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from .jobs import JobState
+from .exceptions import InvalidParams
+from .jobs import MAX_PRIORITY, JobState, check_time
+from .lifecycle import Placement
 
 __all__ = [
     "DuplicateOut",
@@ -16,8 +27,12 @@ __all__ = [
     "LogLineOut",
     "ProgressOut",
     "ScheduleOut",
+    "StartOptions",
     "TaskOut",
 ]
+
+#: The longest a job may be put off: a year.
+MAX_DELAY = 366 * 86_400.0
 
 
 class ProgressOut(BaseModel):
@@ -100,3 +115,56 @@ class DuplicateOut(ErrorOut):
     """A refused duplicate: the message, and the job already queued or running."""
 
     job: JobOut
+
+
+class StartOptions(BaseModel):
+    """When a new job may run, and before which others: the query of a start
+    (``?delay=``), and the ``_delay``, ``_run_at`` and ``_priority`` of ``JobCast.start``."""
+
+    delay: Annotated[
+        float | None,
+        Field(ge=0, le=MAX_DELAY, description="seconds the job waits before it may run"),
+    ] = None
+    run_at: Annotated[
+        AwareDatetime | None,
+        Field(description="when the job may run: ISO 8601 with its offset (`Z`, `%2B02:00`)"),
+    ] = None
+    priority: Annotated[
+        int,
+        Field(
+            ge=-MAX_PRIORITY,
+            le=MAX_PRIORITY,
+            description="higher runs first; first in, first out within a priority",
+        ),
+    ] = 0
+
+    @field_validator("run_at")
+    @classmethod
+    def _one_time_a_snapshot_can_write(
+        cls, run_at: AwareDatetime | None, info: ValidationInfo
+    ) -> AwareDatetime | None:
+        if run_at is None:
+            return None
+        if info.data.get("delay") is not None:
+            raise PydanticCustomError("value_error", "give either delay or run_at, not both")
+        try:
+            check_time("run_at", run_at.timestamp())
+        except ValueError as exc:
+            raise PydanticCustomError("value_error", str(exc)) from None
+        return run_at
+
+    @classmethod
+    def checked(cls, task: str, **options: Any) -> StartOptions:
+        """The options of a start of ``task`` given in code; :class:`~jobcast.InvalidParams`
+        (located in the query, as the API would) when they are not valid."""
+        try:
+            return cls.model_validate(options)
+        except ValidationError as exc:
+            raise InvalidParams.located(task, exc, "query") from exc
+
+    def placement(self) -> Placement:
+        """Where the job stands in the queue."""
+        at = None if self.delay is None else time.time() + self.delay
+        if self.run_at is not None:
+            at = self.run_at.timestamp()
+        return {"run_at": at, "priority": self.priority}

@@ -11,7 +11,7 @@ from .backends.base import Backend
 from .broadcast import Broadcaster
 from .events import Event
 from .exceptions import NotAccepting
-from .jobs import Job, JobState
+from .jobs import TERMINAL_STATES, Job, JobState
 from .lifecycle import Lifecycle, Placement
 from .settings import Settings
 from .table import Submitted
@@ -112,6 +112,24 @@ class Service:
             data = event.data()
             lines.append({"id": event.seq, "ts": data["ts"], "line": data["line"]})
         return lines
+
+    async def wait(self, job_id: str) -> dict[str, Any]:
+        """The snapshot of ``job_id`` once it has ended, as clients see it (stored).
+
+        Raises :class:`~jobcast.UnknownJob`, or :class:`~jobcast.NotAccepting` when the
+        service stops first.
+        """
+        job = await self.find(job_id)
+        while True:
+            seen = self.log.visible_seq
+            # From the table, where a backend may put a newer object for the job, or from
+            # the one found if the table has dropped it since (only ended jobs are dropped).
+            shown = self.jobs.get(job.id, job).shown or {}
+            if shown.get("state") in TERMINAL_STATES:  # the values of a StrEnum
+                return shown
+            if self.log.closed:
+                raise NotAccepting(f"the service stopped before job {job.id} ended")
+            await self.log.wait(seen)
 
     async def health(self) -> dict[str, Any]:
         """Readings for ``/healthz``; ``problem`` when the service cannot take jobs."""

@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 from ._limits import check_params
 from ._wire import safe_text
 from .commands import check_template
-from .exceptions import TaskError, UnknownSchedule, UnknownTask
+from .exceptions import InvalidParams, TaskError, UnknownSchedule, UnknownTask
 from .executors import CommandExecutor, Executor, ProcessExecutor, ThreadExecutor
 from .schedules import Schedule
 
@@ -145,13 +145,17 @@ class Task:
         }
 
     def validate(self, params: object) -> dict[str, Any]:
-        """Validate raw params; return them as JSON-ready data. Raises pydantic's error,
-        also for what JSON cannot carry (text with a lone surrogate, NaN in an ``Any``)."""
-        # Checked before pydantic, which would write NaN in an ``Any`` as null, and fail on
-        # a key with a lone surrogate when it dumps the model.
-        self._refuse_what_cannot_travel(params)
-        values = self.params_model.model_validate(params).model_dump(mode="json")
-        self._refuse_what_cannot_travel(values)
+        """Validate raw params; return them as JSON-ready data. Raises
+        :class:`~jobcast.InvalidParams`, also for what JSON cannot carry (text with a lone
+        surrogate, NaN in an ``Any``): the one check of params, whoever starts the job."""
+        try:
+            # Checked before pydantic, which would write NaN in an ``Any`` as null, and fail
+            # on a key with a lone surrogate when it dumps the model.
+            self._refuse_what_cannot_travel(params)
+            values = self.params_model.model_validate(params).model_dump(mode="json")
+            self._refuse_what_cannot_travel(values)
+        except ValidationError as exc:
+            raise InvalidParams.located(self.name, exc, "body") from exc
         return values
 
     def _refuse_what_cannot_travel(self, params: object) -> None:
@@ -214,6 +218,11 @@ def _numbers_stay_numbers(annotation: Any) -> Any:
 
 
 def _model(name: str, fields: dict[str, Any]) -> type[BaseModel]:
+    for key in fields:
+        if key.startswith("_"):
+            # pydantic would take it for a private attribute, never a field; and those names
+            # are the options of JobCast.start (_delay, _run_at, _priority).
+            raise TypeError(f"task {name!r}: param {key!r} cannot start with '_'; rename it")
     fields = {
         key: (_numbers_stay_numbers(annotation), default)
         for key, (annotation, default) in fields.items()
@@ -250,10 +259,10 @@ class TaskRegistry:
         task = self._tasks[schedule.task]
         try:
             task.validate(dict(schedule.params))
-        except ValidationError as exc:
+        except InvalidParams as exc:
             raise ValueError(
                 f"schedule {schedule.name!r}: its params are not valid for task "
-                f"{task.name!r}: {exc}"
+                f"{task.name!r}: {exc.problems}"
             ) from None
         self.schedules[schedule.name] = schedule
         return schedule
