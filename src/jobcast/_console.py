@@ -36,7 +36,8 @@ def describe(progress: Progress) -> str:
     if progress.percent is not None:
         parts.append(f"{progress.percent:.0f}%")
     if progress.rate is not None:
-        parts.append(f"{progress.rate:.3g}/s")
+        rate = progress.rate
+        parts.append(f"{rate:,.0f}/s" if rate >= 100 else f"{rate:.3g}/s")
     if progress.eta_s is not None:
         parts.append(f"ETA {_clock(progress.eta_s)}")
     else:
