@@ -213,6 +213,13 @@ def test_an_unreachable_server_says_where_and_what_to_do() -> None:
     assert url in str(unreachable.value) and "jobcast serve" in str(unreachable.value)
     with pytest.raises(ValueError, match="base_url must be an http"):
         Client("localhost:8000")
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        Client(url, timeout=0)
+    with pytest.raises(ValueError, match="reconnect_timeout must be"):
+        AsyncClient(url, reconnect_timeout=-1)
+    with pytest.raises(ValueError, match="timeout must be a number of seconds, at least 0"):
+        with Client(url) as client:
+            client.wait("any", timeout=-1)
 
 
 # -- results and waiting -----------------------------------------------------------------------
@@ -317,6 +324,7 @@ def test_watch_starts_with_a_snapshot_and_follows_only_its_task(serve: Serve) ->
             seen.append(event)
             if isinstance(event, JobEvent) and event.terminal:
                 break
+        events.close()
     assert {event.job.id for event in seen if isinstance(event, JobEvent)} == {shout.id}
     assert [event.name for event in seen if event.name != "progress"] == [
         "queued",

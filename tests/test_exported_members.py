@@ -37,9 +37,14 @@ def test_a_name_that_is_not_exported_is_an_attribute_error() -> None:
 def test_every_name_in_the_clients_all_is_exported() -> None:
     from jobcast import client
 
-    public = [name for name in vars(client) if not name.startswith("_")]
-    exported = [name for name in public if not isinstance(getattr(client, name), ModuleType)]
-    assert sorted(client.__all__) == sorted(name for name in exported if name != "annotations")
+    exported = [
+        name
+        for name, value in vars(client).items()
+        if not name.startswith("_")
+        and not isinstance(value, ModuleType)
+        and type(value).__module__ != "__future__"
+    ]
+    assert sorted(client.__all__) == sorted(exported)
 
 
 def test_version_is_a_version_string() -> None:

@@ -166,7 +166,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Start a job: jobcast start sleep seconds=5 steps=10. Each value is "
         "read as JSON when it is JSON (5, true, [1, 2]), else as text.",
     )
-    start.add_argument("task", help="the task's name (jobcast jobs and GET /api/tasks list them)")
+    start.add_argument("task", help="the task's name (GET /api/tasks lists them)")
     start.add_argument("params", nargs="*", metavar="key=value", help="the job's params")
     start.add_argument("--follow", action="store_true", help="watch it until it ends")
     start.add_argument("--delay", type=float, help="seconds before it may run")

@@ -1,8 +1,6 @@
 """``jobcast serve [module:attr]``: serve a JobCast (or a FastAPI app) with uvicorn;
 ``jobcast worker [module:attr]``: run a JobCast's jobs from Redis;
-``jobcast start|watch|jobs|cancel``: drive a server over HTTP (see :mod:`jobcast._terminal`).
-
-The server is imported only by the commands that serve, so the others start fast."""
+``jobcast start|watch|jobs|cancel``: start jobs on a server and follow them, over HTTP."""
 
 from __future__ import annotations
 
@@ -15,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+# The server (uvicorn, the app) is imported only by serve and worker, inside them: the
+# client commands (_terminal) start fast.
 from . import __version__, _terminal
 from .exceptions import BackendUnavailable, SettingsError, StoreError
 from .settings import Settings

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -118,15 +118,15 @@ class AsyncClient(protocol.BaseClient):
 
     # -- streams -------------------------------------------------------------------------------
 
-    def follow(self, job_id: str) -> AsyncIterator[Event]:
+    def follow(self, job_id: str) -> AsyncGenerator[Event, None]:
         """The job's events: its kept history, then live, ending after its terminal event.
 
         Resumes after a dropped connection or a server restart from the last event
-        received, so no event is missed or repeated.
+        received, so no event is missed or repeated. ``aclose()`` it to stop early.
         """
         return self._events(self._follow(job_id))
 
-    def watch(self, task: str | None = None) -> AsyncIterator[Event]:
+    def watch(self, task: str | None = None) -> AsyncGenerator[Event, None]:
         """Every job's events (only ``task``'s, if given): a :class:`Snapshot` first, then
         live, resuming as :meth:`follow` does; it never ends by itself."""
         return self._events(self._watch(task))
@@ -134,7 +134,8 @@ class AsyncClient(protocol.BaseClient):
     # The same signature as Client's, and a timeout that raises WaitTimeout carrying the
     # job as last seen, which a cancel scope around the call could not.
     async def wait(self, job_id: str, timeout: float | None = None) -> Job:  # noqa: ASYNC109
-        """The job once it has finished; :class:`WaitTimeout` after ``timeout`` seconds."""
+        """The job once it has finished; :class:`WaitTimeout` after ``timeout`` seconds
+        (checked at each event, and when the stream stays silent for the time left)."""
         waiter = protocol.Waiter(job_id, timeout)
         resume = self._follow(job_id, timeout)
         async for event in self._events(resume):
@@ -146,7 +147,7 @@ class AsyncClient(protocol.BaseClient):
         :class:`JobCancelled` (or :class:`JobInterrupted`) when it ended otherwise."""
         return protocol.outcome(await self.wait(job_id, timeout))
 
-    async def _events(self, resume: protocol.Resume) -> AsyncIterator[Event]:
+    async def _events(self, resume: protocol.Resume) -> AsyncGenerator[Event, None]:
         while not (resume.done or resume.expired):
             problem = "the server ended the stream"
             try:

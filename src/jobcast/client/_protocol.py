@@ -375,6 +375,13 @@ class BaseClient:
     """What both clients share: their options, and the streams they make from them."""
 
     def __init__(self, base_url: str, *, timeout: float, reconnect_timeout: float) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if not reconnect_timeout >= 0:
+            raise ValueError(
+                f"reconnect_timeout must be a number of seconds, at least 0, got "
+                f"{reconnect_timeout!r}"
+            )
         self.base_url = check_base_url(base_url)
         self._timeout = timeout
         self._reconnect_timeout = reconnect_timeout

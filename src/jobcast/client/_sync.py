@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -117,21 +117,22 @@ class Client(protocol.BaseClient):
 
     # -- streams -------------------------------------------------------------------------------
 
-    def follow(self, job_id: str) -> Iterator[Event]:
+    def follow(self, job_id: str) -> Generator[Event, None, None]:
         """The job's events: its kept history, then live, ending after its terminal event.
 
         Resumes after a dropped connection or a server restart from the last event
-        received, so no event is missed or repeated.
+        received, so no event is missed or repeated. ``close()`` it to stop early.
         """
         return self._events(self._follow(job_id))
 
-    def watch(self, task: str | None = None) -> Iterator[Event]:
+    def watch(self, task: str | None = None) -> Generator[Event, None, None]:
         """Every job's events (only ``task``'s, if given): a :class:`Snapshot` first, then
         live, resuming as :meth:`follow` does; it never ends by itself."""
         return self._events(self._watch(task))
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
-        """The job once it has finished; :class:`WaitTimeout` after ``timeout`` seconds."""
+        """The job once it has finished; :class:`WaitTimeout` after ``timeout`` seconds
+        (checked at each event, and when the stream stays silent for the time left)."""
         waiter = protocol.Waiter(job_id, timeout)
         resume = self._follow(job_id, timeout)
         for event in self._events(resume):
@@ -143,7 +144,7 @@ class Client(protocol.BaseClient):
         :class:`JobCancelled` (or :class:`JobInterrupted`) when it ended otherwise."""
         return protocol.outcome(self.wait(job_id, timeout))
 
-    def _events(self, resume: protocol.Resume) -> Iterator[Event]:
+    def _events(self, resume: protocol.Resume) -> Generator[Event, None, None]:
         while not (resume.done or resume.expired):
             problem = "the server ended the stream"
             try:
