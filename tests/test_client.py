@@ -399,6 +399,7 @@ def test_follow_resumes_across_a_server_restart_on_the_same_file_and_port(
 # -- importing ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_importing_the_client_loads_none_of_the_server() -> None:
     code = "import sys, jobcast.client\nprint(' '.join(sorted(sys.modules)))\n"
     loaded = subprocess.run(

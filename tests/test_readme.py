@@ -21,8 +21,6 @@ import pytest
 
 from tests.conftest import Process, free_port
 
-pytestmark = pytest.mark.integration  # a jobcast server, and each block in a process
-
 README = Path(__file__).parents[1] / "README.md"
 MARKER = "<!-- readme-test -->"
 #: How each language is run, from a file holding the block.
@@ -88,6 +86,7 @@ def test_a_marker_must_be_followed_by_a_block() -> None:
         marked_blocks(f"text\n{MARKER}\nmore text\n```sh\necho\n```\n")
 
 
+@pytest.mark.integration  # a jobcast server, and each block in a process of its own
 @pytest.mark.parametrize("block", BLOCKS, ids=[block.id for block in BLOCKS])
 def test_the_example_runs(block: Block, demo: Process, tmp_path: Path) -> None:
     script = tmp_path / f"example{SUFFIXES[block.language]}"

@@ -217,6 +217,7 @@ def test_usage_errors_exit_2_say_what_is_wrong_and_change_nothing(
         assert client.jobs() == []
 
 
+@pytest.mark.integration  # jobcast, as a process
 def test_a_server_that_is_not_there_is_a_usage_error_saying_what_to_do() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     done = jobcast(url, "start", "count", "n=1")
@@ -262,7 +263,7 @@ def test_on_a_terminal_a_live_bar_is_drawn_with_the_log_above_it(serve: Serve) -
     finally:
         os.close(main)
     # Each log line clears the bar's line, is printed, and the bar is drawn again below it.
-    bar = r"\r\x1b\[2Ksleep running \|[█░]{20}\| (\d)/5 \d+%"
+    bar = r"\r\x1b\[2Ksleep running \|[█░#-]{20}\| (\d)/5 \d+%"
     assert re.search(r"\r\x1b\[2Kstep 3/5 done\r\n" + bar, shown)
     # n/total, rate and ETA, redrawn in place as the job goes.
     readings = re.findall(bar + r" [\d.]+/s ETA 0:0\d sleeping", shown)

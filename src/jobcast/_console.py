@@ -98,7 +98,10 @@ class Lines(Display):
         self._shown_at: float | None = None
 
     def log(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        # One write per line: a Ctrl+C between the text and its newline would glue the
+        # next message to it.
+        self.out.write(f"{line}\n")
+        self.out.flush()
 
     def close(self) -> None:
         self.out.flush()
