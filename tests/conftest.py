@@ -291,11 +291,12 @@ class Process:
 
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., Process]]:
-    """Start ``jobcast serve`` processes that are killed after the test."""
+    """Start ``jobcast serve`` processes that are killed after the test; ``port`` to
+    start one again where one was."""
     processes: list[Process] = []
 
-    def start(target: str = "tests.apps:served", **env: str) -> Process:
-        process = Process(target, free_port(), env)
+    def start(target: str = "tests.apps:served", *, port: int | None = None, **env: str) -> Process:
+        process = Process(target, port or free_port(), env)
         processes.append(process)
         return process
 

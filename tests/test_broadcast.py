@@ -167,7 +167,7 @@ class FailsOnWrite:
         await self.app(scope, receive, failing_send)
 
 
-def with_middleware(middleware: type) -> Callable[[JobCast], Any]:
+def with_middleware(middleware: Callable[[ASGIApp], ASGIApp]) -> Callable[[JobCast], Any]:
     def build(jobs: JobCast) -> Any:
         app = jobs.create_app()
         app.add_middleware(middleware)

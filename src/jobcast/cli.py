@@ -1,5 +1,6 @@
 """``jobcast serve [module:attr]``: serve a JobCast (or a FastAPI app) with uvicorn;
-``jobcast worker [module:attr]``: run a JobCast's jobs from Redis."""
+``jobcast worker [module:attr]``: run a JobCast's jobs from Redis;
+``jobcast start|watch|jobs|cancel``: start jobs on a server and follow them, over HTTP."""
 
 from __future__ import annotations
 
@@ -12,13 +13,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-import anyio
-import uvicorn
-
-from . import __version__
-from .app import JobCast
+# The server (uvicorn, the app) is imported only by serve and worker, inside them: the
+# client commands (_terminal) start fast.
+from . import __version__, _terminal
 from .exceptions import BackendUnavailable, SettingsError, StoreError
-from .policy import AllowedHosts
 from .settings import Settings
 
 __all__ = ["load_app", "main"]
@@ -30,6 +28,8 @@ _TARGET_VARIABLE = "JOBCAST_APP"
 
 def load_app(target: str) -> Any:
     """Import ``module:attr`` and return an ASGI app; a :class:`JobCast` gets its app made."""
+    from .app import JobCast
+
     obj = load_target(target)
     try:
         return obj.create_app() if isinstance(obj, JobCast) else obj
@@ -64,12 +64,18 @@ def load_target(target: str) -> Any:
 
 
 def _redis_url(obj: Any) -> str | None:
+    from .app import JobCast
+
     if isinstance(obj, JobCast):
         return obj.settings.redis_url
     return os.environ.get("JOBCAST_REDIS_URL") or None
 
 
 def _work(target: str) -> None:
+    import anyio
+
+    from .app import JobCast
+
     jobs = load_target(target)
     if not isinstance(jobs, JobCast):
         raise SystemExit(f"jobcast: {target!r} is not a JobCast; name the JobCast of your tasks")
@@ -126,6 +132,8 @@ def _say_which_hosts(host: str, settings: Settings) -> None:
         settings = Settings.from_env()
     if host in _LOOPBACK:
         return
+    from .policy import AllowedHosts
+
     allowed = AllowedHosts(settings.allowed_hosts).describe()
     print(
         f"jobcast: listening on {host}; requests must name one of these hosts: {allowed}. "
@@ -160,7 +168,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     work.add_argument(
         "target", nargs="?", default=DEMO_JOBS, help=f"module:attr (default {DEMO_JOBS})"
     )
+    _terminal.add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in _terminal.COMMANDS:
+        raise SystemExit(_terminal.run(args))
 
     sys.path.insert(0, os.getcwd())
     try:
@@ -180,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "streams; set JOBCAST_REDIS_URL so that they share them through Redis, and run "
             "jobcast worker for the jobs"
         )
+    import uvicorn
+
     logging.getLogger("uvicorn.error").addFilter(_StoreErrorWithoutTraceback())
     _say_which_hosts(args.host, settings)
     # Streams hold connections open; past the grace period uvicorn stops waiting for them.

@@ -261,8 +261,9 @@ def _type_name(kind: Any) -> str:
     return kind.__name__ if isinstance(kind, type) else str(kind)
 
 
-#: ``JOBCAST_*`` variables that are not settings but are jobcast's all the same.
-_NOT_SETTINGS = frozenset({"JOBCAST_APP"})
+#: ``JOBCAST_*`` variables that are not settings but are jobcast's all the same (the
+#: target of ``--reload``; the server the client commands talk to).
+_NOT_SETTINGS = frozenset({"JOBCAST_APP", "JOBCAST_URL"})
 _warned: set[str] = set()
 
 

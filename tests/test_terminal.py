@@ -1,0 +1,308 @@
+"""``jobcast start|watch|jobs|cancel``: what they print and their exit status, on a pipe
+and on a terminal, against real servers."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobcast._terminal import parse_params
+from jobcast.client import Client, Job
+from tests.apps import gate
+from tests.conftest import Process, free_port
+
+Serve = Callable[..., Any]
+TOKEN = "s3cret-token-for-the-tests"
+
+
+def jobcast(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``jobcast ARGS`` against ``url`` until it exits."""
+    return subprocess.run(
+        [sys.executable, "-m", "jobcast", *args],
+        env={**os.environ, "JOBCAST_URL": url, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def launch(url: str, *args: str, **options: Any) -> subprocess.Popen[bytes]:
+    """Start ``jobcast ARGS`` against ``url``, its output on pipes unless told otherwise."""
+    options.setdefault("stdout", subprocess.PIPE)
+    options.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobcast", *args],
+        env={**os.environ, "JOBCAST_URL": url},
+        **options,
+    )
+
+
+def read_until(fd: int, text: bytes, seconds: float = 20) -> bytes:
+    """What ``fd`` gives until ``text`` has come; fails after ``seconds`` or at its end."""
+    out = b""
+    deadline = time.monotonic() + seconds
+    while text not in out:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{text!r} did not come within {seconds} s: {out!r}")
+        if select.select([fd], [], [], left)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # a terminal whose other side has closed
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"the output ended before {text!r}: {out!r}")
+            out += chunk
+    return out
+
+
+def finish(process: subprocess.Popen[bytes]) -> tuple[int, str, str]:
+    """Its exit status and the rest of its output."""
+    out, err = process.communicate(timeout=30)
+    return process.returncode, out.decode(), err.decode()
+
+
+# -- params ------------------------------------------------------------------------------------
+
+
+def test_values_are_json_when_they_are_json_else_text() -> None:
+    pairs = ["a=in", "n=5", "f=0.5", "b=true", "l=[1, 2]", 's="5"', "x=NaN", "e=", "k=a=b"]
+    assert parse_params(pairs) == {
+        "a": "in",
+        "n": 5,
+        "f": 0.5,
+        "b": True,
+        "l": [1, 2],
+        "s": "5",
+        "x": "NaN",  # not JSON: what JSON cannot carry stays text
+        "e": "",
+        "k": "a=b",
+    }
+
+
+# -- the outcomes ------------------------------------------------------------------------------
+
+
+def test_start_follow_prints_the_log_then_the_result_as_json_and_exits_0(serve: Serve) -> None:
+    _, server = serve()
+    done = jobcast(server.url, "start", "sleep", "seconds=0.2", "steps=2", "--follow")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"slept_s": 0.2, "steps": 2}
+    lines = done.stderr.splitlines()
+    assert "step 1/2 done" in lines and "step 2/2 done" in lines
+    assert lines.index("step 1/2 done") < lines.index("step 2/2 done")
+    assert re.search(r"^job \w+ succeeded$", done.stderr, re.MULTILINE)
+
+
+def test_a_failed_job_says_its_error_on_stderr_and_exits_1(serve: Serve) -> None:
+    _, server = serve()
+    done = jobcast(server.url, "start", "boom", "message=no disk", "--follow")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines()[-1].endswith("(boom) failed: ValueError: no disk")
+
+
+def watch_held(client: Client, name: str) -> tuple[Job, subprocess.Popen[bytes]]:
+    """A ``hold`` job on gate ``name``, and ``jobcast watch`` once it shows the job running."""
+    job = client.start("hold", {"name": name})
+    watching = launch(client.base_url, "watch", job.id)
+    assert watching.stderr is not None
+    read_until(watching.stderr.fileno(), f"holding on {name}".encode())
+    return job, watching
+
+
+def test_a_job_cancelled_while_watched_exits_3(serve: Serve) -> None:
+    _, server = serve()
+    with Client(server.url) as client:
+        job, watching = watch_held(client, "watched")
+        client.cancel(job.id)
+        status, out, err = finish(watching)
+    assert status == 3 and out == ""
+    assert err.splitlines()[-1] == f"jobcast: job {job.id} (hold) was cancelled"
+
+
+def test_a_job_interrupted_by_a_restart_exits_3_and_the_watch_survives_the_restart(
+    spawn: Callable[..., Process], tmp_path: Path
+) -> None:
+    env = {"JOBCAST_DB": str(tmp_path / "jobs.db"), "JOBCAST_RETRY_MS": "100"}
+    server = spawn(**env)
+    with Client(server.url) as client:
+        job = client.start("await_file", {"path": str(tmp_path / "never")})
+    watching = launch(server.url, "watch", job.id)
+    assert watching.stderr is not None
+    read_until(watching.stderr.fileno(), b"waiting for")
+    server.popen.kill()
+    server.popen.wait(10)
+    spawn(port=server.port, **env)
+    status, out, err = finish(watching)
+    assert status == 3 and out == ""
+    assert err.splitlines()[-1] == f"jobcast: job {job.id} (await_file) was interrupted"
+
+
+def test_start_without_follow_prints_the_id_and_exits_0(serve: Serve) -> None:
+    _, server = serve()
+    done = jobcast(server.url, "start", "count", "n=3")
+    assert done.returncode == 0
+    job_id = done.stdout.strip()
+    assert f"jobcast watch {job_id}" in done.stderr
+    with Client(server.url) as client:
+        assert client.wait(job_id, timeout=10).result == 3
+    watched = jobcast(server.url, "watch", job_id)  # a finished job: its history, its result
+    assert (watched.returncode, watched.stdout) == (0, "3\n")
+
+
+def test_jobs_lists_newest_first_and_cancel_stops_a_job(serve: Serve) -> None:
+    _, server = serve()
+    with Client(server.url) as client:
+        first = client.start("count", {"n": 2})
+        client.wait(first.id, timeout=10)
+        held = client.start("hold", {"name": "listed"})
+        listed = jobcast(server.url, "jobs")
+        assert listed.returncode == 0
+        rows = [line.split() for line in listed.stdout.splitlines()]
+        assert [row[:3] for row in rows] == [
+            [held.id, "hold", client.get(held.id).state],
+            [first.id, "count", "succeeded"],
+        ]
+        assert "2/2 100%" in listed.stdout.splitlines()[1]
+        only = jobcast(server.url, "jobs", "--task", "count")
+        assert [line.split()[0] for line in only.stdout.splitlines()] == [first.id]
+
+        cancelled = jobcast(server.url, "cancel", held.id)
+        assert cancelled.returncode == 0
+        assert cancelled.stdout.split()[0] == held.id
+        assert client.wait(held.id, timeout=10).state == "cancelled"
+        again = jobcast(server.url, "cancel", held.id)
+        assert again.returncode == 1
+        assert "already finished as 'cancelled'; there is nothing to cancel" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["start", "count", "n"], "'n' is not key=value"),
+        (["start", "count", "n=1", "n=2"], "'n' is given twice"),
+        (["start", "nope"], "no task named 'nope'; choose one of:"),
+        (["start", "count", "n=-1"], "n: Input should be greater than or equal to 0"),
+        (["start", "count", "--delay", "soon"], "argument --delay: invalid float value"),
+        (["start"], "the following arguments are required: task"),
+        (["watch", "no-such-job"], "no job with id 'no-such-job'"),
+        (["cancel", "no-such-job"], "no job with id 'no-such-job'"),
+        (["jobs", "--url", "localhost:8000"], "--url 'localhost:8000' is not an http://"),
+    ],
+)
+def test_usage_errors_exit_2_say_what_is_wrong_and_change_nothing(
+    serve: Serve, args: list[str], says: str
+) -> None:
+    _, server = serve()
+    done = jobcast(server.url, *args)
+    assert done.returncode == 2
+    assert says in done.stderr and done.stdout == ""
+    with Client(server.url) as client:
+        assert client.jobs() == []
+
+
+@pytest.mark.integration  # jobcast, as a process
+def test_a_server_that_is_not_there_is_a_usage_error_saying_what_to_do() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    done = jobcast(url, "start", "count", "n=1")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"jobcast: cannot reach the jobcast server at {url} ([Errno 111] Connection refused); "
+        "start it (jobcast serve) or point the client at it (JOBCAST_URL, --url)"
+    )
+
+
+def test_the_token_comes_from_the_option_or_the_environment(serve: Serve) -> None:
+    _, server = serve(token=TOKEN)
+    missing = jobcast(server.url, "start", "count", "n=1")
+    assert missing.returncode == 2
+    assert "the server needs a token: pass --token or set JOBCAST_TOKEN" in missing.stderr
+    wrong = jobcast(server.url, "start", "count", "n=1", "--token", "x" * 20)
+    assert wrong.returncode == 2
+    assert "the server refused the token; check --token or JOBCAST_TOKEN" in wrong.stderr
+    right = jobcast(server.url, "start", "count", "n=1", "--follow", JOBCAST_TOKEN=TOKEN)
+    assert (right.returncode, right.stdout) == (0, "1\n")
+    with Client(server.url) as client:
+        assert len(client.jobs()) == 1  # the refused ones made nothing
+
+
+# -- on a terminal -----------------------------------------------------------------------------
+
+
+def test_on_a_terminal_a_live_bar_is_drawn_with_the_log_above_it(serve: Serve) -> None:
+    _, server = serve()
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    try:
+        running = launch(
+            server.url,
+            *("start", "sleep", "seconds=1", "steps=5", "--follow"),
+            stdin=side,
+            stdout=side,
+            stderr=side,
+        )
+        os.close(side)
+        shown = read_until(main, b'{"slept_s": 1.0, "steps": 5}').decode()
+        assert running.wait(30) == 0
+    finally:
+        os.close(main)
+    # Each log line clears the bar's line, is printed, and the bar is drawn again below it.
+    bar = r"\r\x1b\[2Ksleep running \|[█░#-]{20}\| (\d)/5 \d+%"
+    assert re.search(r"\r\x1b\[2Kstep 3/5 done\r\n" + bar, shown)
+    # n/total, rate and ETA, redrawn in place as the job goes.
+    readings = re.findall(bar + r" [\d.]+/s ETA 0:0\d sleeping", shown)
+    assert len(set(readings)) >= 2
+    assert shown.count("\r\n") < shown.count("\x1b[2K")  # redrawn, not scrolled
+
+
+def test_ctrl_c_stops_watching_says_how_to_cancel_and_leaves_the_job_running(
+    serve: Serve,
+) -> None:
+    _, server = serve()
+    with Client(server.url) as client:
+        job, watching = watch_held(client, "interrupted")
+        watching.send_signal(signal.SIGINT)
+        status, out, err = finish(watching)
+        assert status == 3 and out == ""
+        assert err.splitlines()[-1] == (
+            f"jobcast: stopped watching; job {job.id} goes on. Cancel it with: "
+            f"jobcast cancel {job.id}"
+        )
+        assert client.get(job.id).state == "running"
+        gate("interrupted").set()
+        assert client.wait(job.id, timeout=10).state == "succeeded"
+
+
+def test_the_client_commands_load_none_of_the_server(serve: Serve) -> None:
+    _, server = serve()
+    code = (
+        "import sys\n"
+        "from jobcast.cli import main\n"
+        "try:\n"
+        "    main(['jobs', '--url', sys.argv[1]])\n"
+        "finally:\n"
+        "    print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, server.url], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = done.stderr.split()
+    assert not [name for name in loaded if name.split(".")[0] in ("fastapi", "uvicorn")]
+    assert "jobcast.app" not in loaded and "jobcast.client" in loaded
