@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from jobcast import Job, JobCast
 from jobcast.events import Event
@@ -58,18 +58,6 @@ class KeepingStore:
 
     async def aclose(self) -> None:
         pass
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh page; the test fails if the page throws an uncaught error."""
-    context = browser.new_context()
-    page = context.new_page()
-    errors: list[Exception] = []
-    page.on("pageerror", lambda error: errors.append(error))
-    yield page
-    context.close()
-    assert not errors, f"the page threw: {errors}"
 
 
 def open_dashboard(page: Page, server: Server) -> None:
