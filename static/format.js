@@ -1,6 +1,11 @@
 // Pure formatting helpers: job data in, short human text out.
 
-export const TERMINAL_STATES = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
+import { TERMINAL_STATES as TERMINAL } from './jobcast-client.js';
+
+export const TERMINAL_STATES = new Set(TERMINAL);
+
+/** Characters a tooltip shows at most. */
+export const TOOLTIP_LIMIT = 2000;
 
 export function shortId(id) {
   return String(id).slice(0, 8);

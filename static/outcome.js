@@ -1,11 +1,10 @@
 // What a job ended with, readable whole: its result as JSON that wraps between tokens, its
 // error in full. A long one shows its first line, which opens to the rest.
 
-import { errorText, inlineJson, prettyJson, truncate } from './format.js';
+import { TOOLTIP_LIMIT, errorText, inlineJson, prettyJson, truncate } from './format.js';
 
 const SHOWN_WHOLE = 120; // characters shown as they are; past it the outcome collapses
 const PREVIEW = 90;
-const TOOLTIP_LIMIT = 2000;
 
 const shown = new WeakMap(); // element → the outcome it shows, so an unchanged one stays open
 

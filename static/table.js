@@ -1,6 +1,8 @@
 // The jobs table: one <tr> per job id, kept in place and updated field by field.
 
 import {
+  TERMINAL_STATES,
+  TOOLTIP_LIMIT,
   formatClock,
   formatCount,
   formatDuration,
@@ -15,9 +17,7 @@ import {
 import { showOutcome } from './outcome.js';
 
 const CANCELLABLE = new Set(['queued', 'running']);
-const FINISHED = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
 const PARAMS_PREVIEW = 60;
-const TOOLTIP_LIMIT = 2000;
 
 /** What the state badge leaves out: the attempt, a countdown, the priority, a cancel asked. */
 export function stateNote(job, now) {
@@ -213,7 +213,7 @@ export class JobTable {
     cancel.hidden = !CANCELLABLE.has(view.job.state);
     cancel.disabled = cancelling;
     setText(cancel, cancelling ? 'Cancelling…' : 'Cancel');
-    const finished = FINISHED.has(view.job.state);
+    const finished = TERMINAL_STATES.has(view.job.state);
     rerun.hidden = !finished;
     view.parts.delete.hidden = !finished;
   }
