@@ -1,4 +1,5 @@
-"""Make docs/dashboard.png: the demo with jobs in several states, in a real headless Chromium.
+"""Make docs/dashboard.png and docs/dashboard-phone.png: the demo with jobs in several states,
+in a real headless Chromium, at a desktop and a phone size.
 
 Run with `make screenshot`.
 """
@@ -20,11 +21,13 @@ from jobcast.demo import fail, heavy, sleep, ticker
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-OUT = Path(__file__).parents[1] / "docs" / "dashboard.png"
+DOCS = Path(__file__).parents[1] / "docs"
+DESKTOP = DOCS / "dashboard.png"
+PHONE = DOCS / "dashboard-phone.png"
 
 
 def main() -> None:
-    jobs = JobCast(max_workers=3)
+    jobs = JobCast(max_workers=3, db=":memory:")  # the picture keeps nothing
     for task in (sleep, heavy, fail, ticker):
         jobs.task(task)
     with socket.socket() as sock:
@@ -44,11 +47,11 @@ def main() -> None:
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 860})
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         expect(page.locator("#connection")).to_have_attribute("data-status", "live")
         done = start("sleep", seconds=0.5, steps=5)
-        start("fail", steps=2, message="input file is corrupt", step_seconds=0.1)
+        failed = start("fail", steps=2, message="input file is corrupt", step_seconds=0.1)
         cancelled = start("sleep", seconds=60, steps=60)
         expect(page.locator(f'tr[data-job-id="{done}"]')).to_have_attribute(
             "data-state", "succeeded"
@@ -62,12 +65,21 @@ def main() -> None:
             "data-percent", ""
         )
         page.locator(f'tr[data-job-id="{running}"]').wait_for()
+        # The failed job's panel: its log, ending with its error.
+        page.locator(f'tr[data-job-id="{failed}"] button.logs').click()
+        expect(page.locator("#log-panel .log-error")).to_be_visible()
         time.sleep(2.5)  # let the bars move: the picture, not a test, waits here
-        OUT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(OUT))
+        DOCS.mkdir(exist_ok=True)
+        page.screenshot(path=str(DESKTOP))
+
+        phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+        phone.goto(url)
+        expect(phone.locator("#connection")).to_have_attribute("data-status", "live")
+        expect(phone.locator(f'tr[data-job-id="{running}"]')).to_be_visible()
+        phone.screenshot(path=str(PHONE))
         browser.close()
     server.should_exit = True
-    print(f"wrote {OUT}", file=sys.stderr)
+    print(f"wrote {DESKTOP} and {PHONE}", file=sys.stderr)
 
 
 if __name__ == "__main__":

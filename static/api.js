@@ -1,8 +1,13 @@
-// HTTP access to the jobcast API, with the optional bearer token.
+// The page's access to the API: the client module's calls, with the page's token.
+
+import { JobcastError, request as call } from './jobcast-client.js';
 
 const TOKEN_KEY = 'jobcast.token';
 
-/** Fires `required` whenever the server answers 401, so the page can ask for a token. */
+/**
+ * Fires `required` whenever the server answers 401, so the page can ask for a token;
+ * `event.detail.refused` says whether the page had sent one.
+ */
 export const auth = new EventTarget();
 
 function storedToken() {
@@ -25,61 +30,43 @@ export function setToken(token) {
   sessionToken = token;
 }
 
-/**
- * Calls the API and never throws: network failures come back as status 0.
- * Resolves to {status, ok, data, headers}, `data` being the parsed JSON body (or its text).
- */
-export async function request(method, path, body) {
-  const headers = { Accept: 'application/json' };
-  if (sessionToken) headers.Authorization = `Bearer ${sessionToken}`;
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  let response;
-  try {
-    response = await fetch(path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-  } catch (error) {
-    return { status: 0, ok: false, data: null, headers: new Headers(), error };
-  }
-  if (response.status === 401) auth.dispatchEvent(new Event('required'));
-  return { status: response.status, ok: response.ok, data: await readBody(response), headers: response.headers };
-}
-
-async function readBody(response) {
-  const text = await response.text();
-  if (!text) return null;
-  try {
-    return JSON.parse(text);
-  } catch {
-    return text;
-  }
-}
-
 /** Whether the page has a token to send. */
 export function hasToken() {
   return Boolean(sessionToken);
 }
 
 /**
- * The URL of a stream. EventSource cannot send headers; when the server protects reads, it
- * answers a request that sends the token with an HttpOnly cookie, which the EventSource then
- * carries. So the token never goes into a URL, where access logs and history would keep it.
+ * The client module's options for this page: its token. Streams need no token in their URL:
+ * with reads protected, the module's first request sends it as a header, and the server
+ * answers with an HttpOnly cookie that the EventSource then carries.
  */
-export function streamUrl(path, lastEventId) {
-  const url = new URL(path, window.location.origin);
-  if (lastEventId) url.searchParams.set('last_event_id', String(lastEventId));
-  return url.pathname + url.search;
+export function connection() {
+  return sessionToken ? { token: sessionToken } : {};
 }
 
-/** The server's explanation of a failed answer, as one line of text. */
-export function detailText(response) {
-  if (response.status === 0) return 'Could not reach the server. Check the connection and try again.';
-  const data = response.data;
-  const detail = data && typeof data === 'object' && 'detail' in data ? data.detail : data;
-  if (typeof detail === 'string' && detail) return detail;
-  if (Array.isArray(detail)) return detail.map((item) => item.msg ?? JSON.stringify(item)).join('; ');
-  if (detail) return JSON.stringify(detail);
-  return `The server answered ${response.status}.`;
+/** Raises the token prompt when `error` is a 401. */
+export function noteRefusal(error) {
+  if (error?.status === 401) auth.dispatchEvent(new CustomEvent('required', { detail: { refused: hasToken() } }));
+}
+
+/**
+ * Calls the API and never throws: a failure comes back with `error`, a JobcastError (status
+ * 0 when the server could not be reached). Resolves to {status, ok, data, error}.
+ */
+export async function request(method, path, body) {
+  try {
+    const { status, data } = await call(method, path, { ...connection(), body });
+    return { status, ok: true, data, error: null };
+  } catch (error) {
+    if (!(error instanceof JobcastError)) throw error;
+    noteRefusal(error);
+    return { status: error.status, ok: false, data: error.body, error };
+  }
+}
+
+/** What went wrong, as a sentence: the server's message (or the module's). */
+export function detailText(error) {
+  const text = error?.message || 'The server did not say why.';
+  const sentence = text.charAt(0).toUpperCase() + text.slice(1);
+  return /[.!?]$/.test(sentence) ? sentence : `${sentence}.`;
 }

@@ -1,14 +1,22 @@
-// The jobcast dashboard: live job table, start forms and logs over one SSE stream.
+// The jobcast dashboard: live job table, start forms, and the log panel of one job, over
+// the client module's streams.
 
-import { auth, detailText, hasToken, request, setToken, streamUrl } from './api.js';
-import { TERMINAL_STATES, formatDuration, parseTime, shortId } from './format.js';
+import { auth, connection, detailText, hasToken, noteRefusal, request, setToken } from './api.js';
+import { TERMINAL_STATES, formatDuration, jobInLink, jobLink, parseTime, shortId } from './format.js';
 import { buildTaskForm } from './forms.js';
-import { LogBook, LogPanel } from './logs.js';
-import { LiveStream } from './stream.js';
+import { JobcastError, startJob, watchJobs } from './jobcast-client.js';
+import { LogPanel } from './logs.js';
 import { JobTable, matchesFilter } from './table.js';
 
 const STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted'];
-const CONNECTION_TEXT = { live: 'Live', reconnecting: 'Reconnecting…', offline: 'Offline' };
+const CONNECTION_TEXT = {
+  connecting: 'Connecting…',
+  live: 'Live',
+  reconnecting: 'Reconnecting…',
+  offline: 'Offline',
+  refused: 'Token refused',
+  locked: 'Token needed',
+};
 const ANNOUNCE_LIMIT = 3;
 // Finished jobs the page keeps; past it the oldest go, so a tab left open for days stays
 // small. Active jobs always stay. (A test lowers it through globalThis.jobcastKeepFinished.)
@@ -20,45 +28,32 @@ const jobs = new Map();
 const dirty = new Set();
 const knownTasks = new Set();
 const filter = { state: '', task: '' };
-const logBook = new LogBook();
 const table = new JobTable($('#jobs-body'), $('#job-row'));
-const logPanel = new LogPanel($('#log-panel'), logBook);
-const stream = new LiveStream({ onEvent: handleEvent, onStatus: showConnection });
+const logPanel = new LogPanel($('#log-panel'), { onChange: scheduleFrame, connection });
 
-let lastSeq = 0;
+let live = null; // the stream of every job
 let rebuildPending = false;
 let frame = 0;
 let clockSkew = 0; // server clock minus ours, so running durations do not depend on our clock
 let announcements = [];
-let everLive = false;
 let tasksLoaded = false;
 
 // ---- the stream ----
 
 function connect() {
-  stream.open(streamUrl('/api/events', lastSeq));
+  const lastEventId = live?.lastEventId;
+  live?.close();
+  live = watchJobs(
+    { event: handleEvent, status: showConnection, error: streamStopped },
+    { ...connection(), lastEventId },
+  );
 }
 
-async function connectWithToken() {
-  // A request that sends the token first: with reads protected, its answer sets the cookie
-  // that the EventSource carries (and a 401 raises the token prompt).
-  if (hasToken()) await request('HEAD', '/api/events');
-  connect();
-}
-
-function handleEvent(type, data, lastEventId) {
-  if (type === 'reset') {
-    // The snapshot that follows is the new truth, whatever its seq.
-    lastSeq = 0;
-    return;
-  }
-  const seq = Number.parseInt(data.seq ?? lastEventId, 10);
-  if (Number.isFinite(seq)) {
-    if (seq <= lastSeq) return;
-    lastSeq = seq;
-  }
+function handleEvent(type, data) {
+  // A reset is followed by the snapshot that replaces everything; log lines are the
+  // log panel's, which follows its job's own stream.
+  if (type === 'reset' || type === 'log') return;
   if (type === 'snapshot') applySnapshot(data);
-  else if (type === 'log') logBook.add(data.job_id, data.line);
   else if (type === 'deleted') forgetJob(data.job_id);
   else if (data.job) applyJob(data.job);
   scheduleFrame();
@@ -71,17 +66,14 @@ function applySnapshot(data) {
     jobs.set(job.id, job);
     noteTask(job.task);
   }
-  logBook.retainOnly(jobs);
   dirty.clear();
   rebuildPending = true;
-  if (logPanel.jobId !== null && !jobs.has(logPanel.jobId)) closeLogs();
 }
 
 function forgetJob(id) {
   jobs.delete(id);
   dirty.delete(id);
   table.remove(id);
-  logBook.retainOnly(jobs);
   if (logPanel.jobId === id) closeLogs();
 }
 
@@ -106,8 +98,6 @@ function forgetOldFinished() {
     jobs.delete(job.id);
     dirty.delete(job.id);
   }
-  logBook.retainOnly(jobs);
-  if (logPanel.jobId !== null && !jobs.has(logPanel.jobId)) closeLogs();
   rebuildPending = true;
 }
 
@@ -151,13 +141,21 @@ function updateSummary() {
   empty.textContent = jobs.size ? 'No jobs match these filters.' : 'No jobs yet. Start one with a form.';
 }
 
-function showConnection(status) {
-  $('#connection').dataset.status = status;
-  $('#connection-text').textContent = status === 'reconnecting' && !everLive ? 'Connecting…' : CONNECTION_TEXT[status];
-  $('#connection-retry').hidden = status !== 'offline';
-  everLive ||= status === 'live';
-  // EventSource hides why it gave up; a HEAD answering 401 raises the token prompt.
-  if (status === 'offline') request('HEAD', '/api/events');
+function showConnection(status, error) {
+  // A stream closed without an error is one this page closed, to open another.
+  if (status === 'closed' && !error) return;
+  let shown = status;
+  if (status === 'closed') shown = error.status === 401 ? (hasToken() ? 'refused' : 'locked') : 'offline';
+  $('#connection').dataset.status = status === 'connecting' ? 'reconnecting' : shown;
+  $('#connection-text').textContent = CONNECTION_TEXT[shown];
+  $('#connection').title = error ? detailText(error) : '';
+  $('#connection-retry').hidden = shown !== 'offline';
+}
+
+function streamStopped(error) {
+  noteRefusal(error);
+  if (error.status === 401) return; // the token prompt says it
+  notify(live?.status === 'closed' ? `The live view stopped. ${detailText(error)}` : detailText(error));
 }
 
 // ---- filters ----
@@ -189,26 +187,34 @@ async function loadTasks() {
   const box = $('#task-forms');
   const response = await request('GET', '/api/tasks');
   if (!response.ok) {
-    const text = response.status === 401
-      ? 'Enter the access token above to load the tasks.'
-      : `Could not load the tasks. ${detailText(response)}`;
+    const text = response.status !== 401
+      ? `Could not load the tasks. ${detailText(response.error)}`
+      : hasToken()
+        ? 'The server refused the access token: enter the right one above to load the tasks.'
+        : 'Enter the access token above to load the tasks.';
     box.replaceChildren(Object.assign(document.createElement('p'), { className: 'muted', textContent: text }));
     return;
   }
-  box.replaceChildren(...response.data.map((task) => buildTaskForm(task, startJob)));
+  box.replaceChildren(...response.data.map((task) => buildTaskForm(task, startFromForm)));
   for (const task of response.data) noteTask(task.name);
   tasksLoaded = true;
 }
 
-async function startJob(name, params) {
-  const response = await request('POST', `/api/tasks/${encodeURIComponent(name)}/jobs`, params);
-  const job = response.status === 202 ? response.data : null;
+async function startFromForm(name, params) {
+  let job;
+  try {
+    job = await startJob(name, params, connection());
+  } catch (error) {
+    if (!(error instanceof JobcastError)) throw error;
+    noteRefusal(error);
+    return { error };
+  }
   // The stream may already have brought this job further along: only fill a gap.
-  if (job?.id && !jobs.has(job.id)) {
+  if (!jobs.has(job.id)) {
     applyJob(job);
     scheduleFrame();
   }
-  return response;
+  return { job };
 }
 
 async function cancelJob(id) {
@@ -229,7 +235,7 @@ async function rerunJob(id) {
     }
     return;
   }
-  notify(`The job could not be started again. ${detailText(response)}`);
+  notify(`The job could not be started again. ${detailText(response.error)}`);
 }
 
 async function deleteJob(id) {
@@ -239,7 +245,7 @@ async function deleteJob(id) {
     scheduleFrame();
     return;
   }
-  notify(`The job could not be deleted. ${detailText(response)}`);
+  notify(`The job could not be deleted. ${detailText(response.error)}`);
 }
 
 // ---- schedules ----
@@ -301,7 +307,7 @@ async function toggleSchedule(event) {
   if (!item || !event.target.closest('button')) return;
   const action = item.dataset.paused === 'true' ? 'resume' : 'pause';
   const response = await request('POST', `/api/schedules/${encodeURIComponent(item.dataset.name)}/${action}`);
-  if (!response.ok) notify(`The schedule could not be changed. ${detailText(response)}`);
+  if (!response.ok) notify(`The schedule could not be changed. ${detailText(response.error)}`);
   await refreshSchedules();
 }
 
@@ -313,9 +319,11 @@ function cancelProblem(job, response) {
     case 404:
       return `${name} is no longer known to the server.`;
     case 401:
-      return 'Cancelling needs an access token: enter it at the top of the page.';
+      return hasToken()
+        ? 'Token refused: cancelling needs the right access token. Enter it at the top of the page.'
+        : 'Cancelling needs an access token: enter it at the top of the page.';
     default:
-      return `${name} could not be cancelled. ${detailText(response)}`;
+      return `${name} could not be cancelled. ${detailText(response.error)}`;
   }
 }
 
@@ -324,13 +332,12 @@ function notify(text) {
   $('#notice').hidden = false;
 }
 
-// ---- logs ----
+// ---- logs: the panel of one job, named by the page's link (#job=ID) ----
 
 function openLogs(id, moveFocus) {
-  const job = jobs.get(id);
-  if (!job) return;
   table.select(id);
-  logPanel.open(id, `${job.task} · ${shortId(id)}`);
+  logPanel.open(id, jobs.get(id));
+  if (window.location.hash !== jobLink(id)) history.replaceState(null, '', jobLink(id));
   if (moveFocus) $('#log-close').focus();
 }
 
@@ -339,12 +346,22 @@ function closeLogs() {
   const returnFocus = $('#log-panel').contains(document.activeElement);
   logPanel.close();
   table.select(null);
+  if (jobInLink(window.location.hash) !== null) {
+    history.replaceState(null, '', window.location.pathname + window.location.search);
+  }
   if (returnFocus) table.logsButton(id)?.focus();
+}
+
+function followLink() {
+  const id = jobInLink(window.location.hash);
+  if (id === null && logPanel.jobId !== null) closeLogs();
+  else if (id !== null && id !== logPanel.jobId) openLogs(id, false);
 }
 
 function onTableClick(event) {
   const row = event.target.closest('tr[data-job-id]');
-  if (!row) return;
+  // A link opens its job by itself; an outcome opens and closes in place.
+  if (!row || event.target.closest('a, details')) return;
   const id = row.dataset.jobId;
   if (event.target.closest('button.cancel')) cancelJob(id);
   else if (event.target.closest('button.rerun')) rerunJob(id);
@@ -355,15 +372,19 @@ function onTableClick(event) {
 
 // ---- token ----
 
-function askForToken() {
+function askForToken(event) {
+  $('#token-label').textContent = event.detail?.refused
+    ? 'The server refused this access token. Enter the right one.'
+    : 'This server needs an access token.';
   $('#token-form').hidden = false;
 }
 
-async function saveToken(event) {
+function saveToken(event) {
   event.preventDefault();
   setToken($('#token-input').value.trim());
   $('#token-form').hidden = true;
-  await connectWithToken();
+  connect();
+  if (logPanel.jobId !== null) openLogs(logPanel.jobId, false);
   if (!tasksLoaded) loadTasks();
 }
 
@@ -372,7 +393,7 @@ async function saveToken(event) {
 setupFilters();
 auth.addEventListener('required', askForToken);
 $('#token-form').addEventListener('submit', saveToken);
-$('#connection-retry').addEventListener('click', connectWithToken);
+$('#connection-retry').addEventListener('click', connect);
 $('#notice-close').addEventListener('click', () => { $('#notice').hidden = true; });
 $('#jobs-body').addEventListener('click', onTableClick);
 $('#log-close').addEventListener('click', closeLogs);
@@ -380,12 +401,14 @@ $('#log-panel').addEventListener('keydown', (event) => {
   if (event.key === 'Escape') closeLogs();
 });
 $('#schedule-list').addEventListener('click', toggleSchedule);
+window.addEventListener('hashchange', followLink);
 setInterval(() => {
   table.tick(serverNow());
   tickSchedules();
 }, 1000);
 setInterval(refreshSchedules, 30_000); // what another page or process changed
 updateSummary();
-connectWithToken();
+connect();
+followLink();
 loadTasks();
 refreshSchedules();

@@ -1,9 +1,30 @@
 // Pure formatting helpers: job data in, short human text out.
 
-export const TERMINAL_STATES = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
+import { TERMINAL_STATES as TERMINAL } from './jobcast-client.js';
+
+export const TERMINAL_STATES = new Set(TERMINAL);
+
+/** Characters a tooltip shows at most. */
+export const TOOLTIP_LIMIT = 2000;
 
 export function shortId(id) {
   return String(id).slice(0, 8);
+}
+
+/** The page's link to a job: loading the page with it opens the job. */
+export function jobLink(id) {
+  return `#job=${encodeURIComponent(id)}`;
+}
+
+/** The job a page link names, or null. */
+export function jobInLink(hash) {
+  const match = /^#job=(.+)$/.exec(hash);
+  if (!match) return null;
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return null;
+  }
 }
 
 export function truncate(text, limit) {
@@ -86,6 +107,17 @@ export function errorText(error) {
   return error.message || error.type || JSON.stringify(error);
 }
 
-export function resultText(result) {
-  return result === null || result === undefined ? '' : JSON.stringify(result);
+/** JSON on one line, with a space after each `,` and `:` so that it wraps between tokens. */
+export function inlineJson(value) {
+  if (Array.isArray(value)) return `[${value.map(inlineJson).join(', ')}]`;
+  if (value !== null && typeof value === 'object') {
+    const members = Object.entries(value).map(([key, item]) => `${JSON.stringify(key)}: ${inlineJson(item)}`);
+    return `{${members.join(', ')}}`;
+  }
+  return JSON.stringify(value) ?? String(value);
+}
+
+/** JSON indented, one member per line. */
+export function prettyJson(value) {
+  return JSON.stringify(value, null, 2) ?? String(value);
 }

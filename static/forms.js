@@ -1,7 +1,8 @@
 // Start forms generated from each task's params JSON Schema (as pydantic writes it).
 
-import { detailText } from './api.js';
+import { detailText, hasToken } from './api.js';
 import { shortId } from './format.js';
+import { renderMarkdown } from './markdown.js';
 
 const OMIT = Symbol('omit');
 const STRING_INPUT_TYPES = { email: 'email', uri: 'url', password: 'password' };
@@ -15,7 +16,7 @@ function element(tag, props = {}, ...children) {
 
 /**
  * Builds the <form data-task="…"> of one task from GET /api/tasks.
- * start(taskName, params) must resolve to an api.request() answer.
+ * start(taskName, params) must resolve to {job} once started, or {error}, a JobcastError.
  */
 export function buildTaskForm(task, start) {
   const prefix = `task-${++formCount}`;
@@ -33,8 +34,9 @@ export function buildTaskForm(task, start) {
   const form = element('form', { className: 'task-form', noValidate: true }, head);
   form.dataset.task = task.name;
   form.setAttribute('aria-labelledby', `${prefix}-title`);
-  const description = firstParagraph(task.description);
-  if (description) form.append(element('p', { className: 'task-description' }, description));
+  if (task.description?.trim()) {
+    form.append(element('div', { className: 'task-description' }, renderMarkdown(task.description)));
+  }
   form.append(
     element('div', { className: 'fields' }, ...fields.map((field) => field.wrapper)),
     element('div', { className: 'form-actions' }, submitButton, message),
@@ -46,10 +48,6 @@ export function buildTaskForm(task, start) {
     submit(view, start);
   });
   return form;
-}
-
-function firstParagraph(text) {
-  return (text ?? '').trim().split(/\n\s*\n/)[0].replace(/\s+/g, ' ');
 }
 
 // ---- schema → field specs ----
@@ -281,32 +279,31 @@ async function submit(view, start) {
 
   view.submitButton.disabled = true;
   view.form.setAttribute('aria-busy', 'true');
-  const response = await start(view.task.name, collectParams(view.fields));
+  const { job, error } = await start(view.task.name, collectParams(view.fields));
   view.submitButton.disabled = false;
   view.form.removeAttribute('aria-busy');
-  showAnswer(view, response);
+  if (job) setMessage(view, `Started ${view.task.name} job ${shortId(job.id)}.`, 'ok');
+  else showRefusal(view, error);
 }
 
-function showAnswer(view, response) {
-  const name = view.task.name;
-  switch (response.status) {
-    case 202:
-      setMessage(view, `Started ${name} job ${shortId(response.data?.id ?? '')}.`, 'ok');
-      break;
+function showRefusal(view, error) {
+  switch (error.status) {
     case 422:
-      showValidationErrors(view, response);
+      showValidationErrors(view, error);
       break;
     case 409:
-      setMessage(view, duplicateMessage(name, response.data?.job), 'warning');
+      setMessage(view, duplicateMessage(view.task.name, error.job), 'warning');
       break;
     case 429:
-      setMessage(view, queueFullMessage(response.headers.get('Retry-After')), 'warning');
+      setMessage(view, queueFullMessage(error.retryAfter), 'warning');
       break;
     case 401:
-      setMessage(view, 'This server needs an access token. Enter it at the top of the page, then start the job again.', 'error');
+      setMessage(view, hasToken()
+        ? 'Token refused: the server did not accept the access token. Enter the right one at the top of the page, then start the job again.'
+        : 'This server needs an access token. Enter it at the top of the page, then start the job again.', 'error');
       break;
     default:
-      setMessage(view, detailText(response), 'error');
+      setMessage(view, detailText(error), 'error');
   }
 }
 
@@ -316,18 +313,17 @@ function duplicateMessage(name, job) {
     'Wait for it to finish or cancel it, then start again.';
 }
 
-function queueFullMessage(retryAfter) {
-  const seconds = Number.parseInt(retryAfter ?? '', 10);
-  const when = Number.isFinite(seconds)
+function queueFullMessage(seconds) {
+  const when = seconds !== null
     ? `in ${seconds} second${seconds === 1 ? '' : 's'}`
     : 'in a moment';
   return `Not started: the queue is full right now. Try again ${when}.`;
 }
 
-function showValidationErrors(view, response) {
-  const detail = response.data?.detail;
+function showValidationErrors(view, error) {
+  const detail = error.detail;
   if (!Array.isArray(detail)) {
-    setMessage(view, detailText(response), 'error');
+    setMessage(view, detailText(error), 'error');
     return;
   }
   const byName = new Map(view.fields.map((field) => [field.spec.name, field]));

@@ -1,88 +1,126 @@
-// Log lines per job, kept since the page loaded, and the panel that follows one job's lines.
+// The panel that follows one job: its log lines as the server keeps them, then live, and,
+// once the job has failed, its error as the last line.
+
+import { TERMINAL_STATES, errorText, jobLink, shortId } from './format.js';
+import { watchJob } from './jobcast-client.js';
 
 export const LOG_LIMIT = 200;
-
-const EMPTY = Object.freeze({ lines: [], total: 0 });
-
-/** The last LOG_LIMIT lines of each job; `total` counts every line ever added. */
-export class LogBook {
-  #entries = new Map();
-
-  add(jobId, line) {
-    let entry = this.#entries.get(jobId);
-    if (!entry) {
-      entry = { lines: [], total: 0 };
-      this.#entries.set(jobId, entry);
-    }
-    entry.lines.push(line);
-    if (entry.lines.length > LOG_LIMIT) entry.lines.shift();
-    entry.total += 1;
-  }
-
-  get(jobId) {
-    return this.#entries.get(jobId) ?? EMPTY;
-  }
-
-  retainOnly(jobIds) {
-    for (const jobId of this.#entries.keys()) {
-      if (!jobIds.has(jobId)) this.#entries.delete(jobId);
-    }
-  }
-}
 
 export class LogPanel {
   #root;
   #title;
   #list;
   #empty;
-  #book;
+  #errorItem;
+  #onChange;
+  #connection;
+  #watch = null;
   #jobId = null;
-  #rendered = 0; // the entry's `total` when the list was last drawn
+  #job = null;
+  #heard = false; // the job's stream has said something
+  #problem = '';
+  #lines = []; // the last LOG_LIMIT lines
+  #total = 0; // every line received
+  #rendered = 0; // `#total` when the list was last drawn
 
-  constructor(root, book) {
+  /**
+   * onChange() asks for a render (the page draws once per frame); connection() gives the
+   * client module's options (the token).
+   */
+  constructor(root, { onChange, connection }) {
     this.#root = root;
-    this.#book = book;
+    this.#onChange = onChange;
+    this.#connection = connection;
     this.#title = root.querySelector('[data-part="title"]');
     this.#list = root.querySelector('[data-part="lines"]');
     this.#empty = root.querySelector('[data-part="empty"]');
+    this.#errorItem = Object.assign(document.createElement('li'), { className: 'log-error' });
   }
 
   get jobId() {
     return this.#jobId;
   }
 
-  open(jobId, title) {
+  /** Follows job `jobId`; `job` is its snapshot if the page has one already. */
+  open(jobId, job) {
+    this.close();
     this.#jobId = jobId;
-    this.#title.textContent = title;
-    this.#list.replaceChildren();
-    this.#rendered = 0;
+    this.#job = job ?? null;
+    this.#title.href = jobLink(jobId);
     this.#root.hidden = false;
+    this.#watch = watchJob(jobId, {
+      log: (event) => this.#add(event.line),
+      event: (type, data) => {
+        this.#heard = true;
+        this.#job = data.job ?? data.jobs?.[0] ?? this.#job;
+        this.#onChange();
+      },
+      end: () => {
+        this.#heard = true;
+        this.#onChange();
+      },
+      error: (error) => {
+        this.#problem = error.message;
+        this.#onChange();
+      },
+    }, this.#connection());
     this.render();
-    this.#list.scrollTop = this.#list.scrollHeight;
   }
 
   close() {
+    this.#watch?.close();
+    this.#watch = null;
     this.#jobId = null;
+    this.#job = null;
+    this.#heard = false;
+    this.#problem = '';
+    this.#lines = [];
+    this.#total = 0;
+    this.#rendered = 0;
     this.#root.hidden = true;
     this.#list.replaceChildren();
   }
 
-  /** Draws the lines added since the last call; cheap when nothing changed. */
+  #add(line) {
+    this.#lines.push(line);
+    if (this.#lines.length > LOG_LIMIT) this.#lines.shift();
+    this.#total += 1;
+  }
+
+  /** Draws what changed since the last call; cheap when nothing did. */
   render() {
     if (this.#jobId === null) return;
-    const { lines, total } = this.#book.get(this.#jobId);
-    this.#empty.hidden = total > 0;
-    const fresh = total - this.#rendered;
-    if (fresh <= 0) return;
     const list = this.#list;
     const following = list.scrollHeight - list.scrollTop - list.clientHeight < 8;
-    const items = lines.slice(-Math.min(fresh, lines.length)).map(lineItem);
-    if (fresh >= lines.length) list.replaceChildren(...items);
-    else list.append(...items);
-    while (list.childElementCount > LOG_LIMIT) list.firstElementChild.remove();
-    this.#rendered = total;
+    this.#title.textContent = this.#job ? `${this.#job.task} · ${shortId(this.#jobId)}` : shortId(this.#jobId);
+
+    const fresh = this.#total - this.#rendered;
+    if (fresh > 0) {
+      const items = this.#lines.slice(-Math.min(fresh, this.#lines.length)).map(lineItem);
+      if (fresh >= this.#lines.length) list.replaceChildren(...items);
+      else list.append(...items);
+      this.#rendered = this.#total;
+    }
+    const error = this.#job && TERMINAL_STATES.has(this.#job.state) ? errorText(this.#job.error) : '';
+    if (error) {
+      this.#errorItem.textContent = error;
+      if (list.lastElementChild !== this.#errorItem) list.append(this.#errorItem);
+    } else {
+      this.#errorItem.remove();
+    }
+    while (list.childElementCount > LOG_LIMIT + (error ? 1 : 0)) list.firstElementChild.remove();
+
+    this.#empty.textContent = this.#emptyText();
+    this.#empty.hidden = this.#total > 0 && !this.#problem;
     // Follow new lines unless the reader scrolled up to look at older ones.
     if (following) list.scrollTop = list.scrollHeight;
+  }
+
+  #emptyText() {
+    if (this.#problem) return `Could not follow this job: ${this.#problem}`;
+    if (!this.#heard) return 'Loading…';
+    if (this.#total > 0) return '';
+    return this.#job && TERMINAL_STATES.has(this.#job.state) ? 'This job logged nothing.' : 'No log lines yet.';
   }
 }
 

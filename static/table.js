@@ -1,24 +1,23 @@
 // The jobs table: one <tr> per job id, kept in place and updated field by field.
 
 import {
-  errorText,
+  TERMINAL_STATES,
+  TOOLTIP_LIMIT,
   formatClock,
   formatCount,
   formatDuration,
   formatRate,
   jobDuration,
+  jobLink,
   parseTime,
-  resultText,
   shortId,
   summarizeParams,
   truncate,
 } from './format.js';
+import { showOutcome } from './outcome.js';
 
 const CANCELLABLE = new Set(['queued', 'running']);
-const FINISHED = new Set(['succeeded', 'failed', 'cancelled', 'interrupted']);
 const PARAMS_PREVIEW = 60;
-const RESULT_PREVIEW = 80;
-const TOOLTIP_LIMIT = 2000;
 
 /** What the state badge leaves out: the attempt, a countdown, the priority, a cancel asked. */
 export function stateNote(job, now) {
@@ -134,7 +133,8 @@ export class JobTable {
     const label = `${job.task} job ${shortId(job.id)}`;
     parts.task.textContent = job.task;
     parts.id.textContent = shortId(job.id);
-    parts.id.title = job.id;
+    parts.id.href = jobLink(job.id);
+    parts.id.title = `Link to ${label} (${job.id})`;
     const params = summarizeParams(job.params);
     parts.params.textContent = truncate(params, PARAMS_PREVIEW);
     parts.params.title = truncate(params, TOOLTIP_LIMIT);
@@ -171,7 +171,7 @@ export class JobTable {
     this.#updateProgress(parts, job);
     this.#updateStarted(parts.started, job.started_at ?? '');
     setText(parts.duration, formatDuration(jobDuration(job, now)));
-    this.#updateOutcome(parts, job);
+    showOutcome(parts.outcome, job);
     this.#updateCancel(view);
     row.hidden = !matchesFilter(job, this.#filter);
   }
@@ -190,7 +190,10 @@ export class JobTable {
     const eta = job.state === 'running' && typeof progress.eta_s === 'number'
       ? `ETA ${formatDuration(progress.eta_s)}`
       : '';
-    const details = [formatCount(progress), formatRate(progress.rate), eta].filter(Boolean);
+    // Each piece keeps together; the line breaks between them rather than cut the ETA.
+    const details = [formatCount(progress), formatRate(progress.rate), eta]
+      .filter(Boolean)
+      .map((piece) => piece.replaceAll(' ', '\u00a0'));
     setText(parts.detail, details.join(' · '));
     setText(parts.message, progress.message ?? '');
     parts.message.title = progress.message ?? '';
@@ -204,34 +207,13 @@ export class JobTable {
     time.title = ms === null ? '' : new Date(ms).toLocaleString();
   }
 
-  #updateOutcome(parts, job) {
-    const { outcome } = parts;
-    const error = errorText(job.error);
-    const result = job.state === 'succeeded' ? resultText(job.result) : '';
-    let kind = '';
-    let text = '';
-    if (error) {
-      kind = 'error';
-      text = error;
-    } else if (result) {
-      kind = 'result';
-      text = result;
-    } else if (job.state === 'interrupted') {
-      kind = 'note';
-      text = 'The server stopped during this job.';
-    }
-    outcome.dataset.kind = kind;
-    setText(outcome, truncate(text, RESULT_PREVIEW));
-    outcome.title = truncate(text, TOOLTIP_LIMIT);
-  }
-
   #updateCancel(view) {
     const { cancel, rerun } = view.parts;
     const cancelling = view.cancelling || view.job.cancelling === true;
     cancel.hidden = !CANCELLABLE.has(view.job.state);
     cancel.disabled = cancelling;
     setText(cancel, cancelling ? 'Cancelling…' : 'Cancel');
-    const finished = FINISHED.has(view.job.state);
+    const finished = TERMINAL_STATES.has(view.job.state);
     rerun.hidden = !finished;
     view.parts.delete.hidden = !finished;
   }

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from jobcast import Job, JobCast
 from tests.apps import GATES, make_jobs
@@ -103,6 +103,32 @@ def browser() -> Iterator[Browser]:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """Open fresh pages, ``new_page(width=1280, height=720)``, each in a context of its own;
+    the test fails if one of them throws an uncaught error."""
+    contexts: list[BrowserContext] = []
+    errors: list[Exception] = []
+
+    def open_page(*, width: int = 1280, height: int = 720) -> Page:
+        context = browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(error))
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+    assert not errors, f"the page threw: {errors}"
+
+
+@pytest.fixture
+def page(new_page: Callable[..., Page]) -> Page:
+    """A fresh page; the test fails if it throws an uncaught error."""
+    return new_page()
 
 
 @pytest.fixture(autouse=True)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
-from jobcast import Job, JobCast
+from jobcast import Job, JobCast, JobContext
 from jobcast.events import Event
 from jobcast.store import MemoryStore, Recovered, Store
+from tests.apps import gate, make_jobs
 from tests.conftest import Server
 
 Serve = Callable[..., tuple[Any, Server]]
@@ -58,18 +61,6 @@ class KeepingStore:
 
     async def aclose(self) -> None:
         pass
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh page; the test fails if the page throws an uncaught error."""
-    context = browser.new_context()
-    page = context.new_page()
-    errors: list[Exception] = []
-    page.on("pageerror", lambda error: errors.append(error))
-    yield page
-    context.close()
-    assert not errors, f"the page threw: {errors}"
 
 
 def open_dashboard(page: Page, server: Server) -> None:
@@ -289,8 +280,6 @@ def test_a_cancel_shows_cancelling_until_the_job_stops(serve: Serve, page: Page)
 
 
 def test_the_schedules_show_their_next_run_and_pause_and_resume(serve: Serve, page: Page) -> None:
-    from tests.apps import make_jobs
-
     jobs = make_jobs()
     jobs.schedule("nightly", "count", cron="0 2 * * *", params={"n": 1})
     _, server = serve(jobs)
@@ -305,3 +294,256 @@ def test_the_schedules_show_their_next_run_and_pause_and_resume(serve: Serve, pa
     item.get_by_role("button", name="Resume schedule nightly").click()
     expect(item.locator('[data-part="next"]')).to_contain_text("next in")
     assert httpx.get(f"{server.url}/api/schedules").json()[0]["paused"] is False
+
+
+# -- reading the page, at desktop and phone sizes ------------------------------------------
+
+SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
+TOKEN = "page-token-for-tests-0123456789"
+
+
+@pytest.fixture(params=sorted(SIZES))
+def sized_page(request: pytest.FixtureRequest, new_page: Callable[..., Page]) -> Page:
+    """A fresh page at each size: a desktop window, then a phone."""
+    width, height = SIZES[request.param]
+    return new_page(width=width, height=height)
+
+
+DESCRIPTION = """Resize **every** image in a folder, keeping `quality`; *quickly*.
+Lines of one paragraph join.
+
+- keeps the originals
+- see [the guide](https://example.com/guide) or [this](javascript:window.pwned=1)
+
+<img src=x onerror="window.pwned = 1"> stays text, as does snake_case_name."""
+
+
+def described(ctx: JobContext) -> None:
+    """Does nothing: its description is the point."""
+
+
+def report(ctx: JobContext, items: int = 40) -> dict[str, Any]:
+    """Return a result too long for one line."""
+    return {"files": [f"img_{i:03d}.png" for i in range(items)], "total": items}
+
+
+def explode(ctx: JobContext, words: int = 60) -> None:
+    """Log a line, then fail with a long message."""
+    ctx.log("about to fail")
+    raise RuntimeError(" ".join(f"word{i}" for i in range(words)))
+
+
+def crawl(ctx: JobContext, name: str) -> None:
+    """Report big numbers with a rate and an ETA, then hold until gate `name` opens."""
+    ctx.progress(0, 987_654_321, "counting")
+    ctx.sleep(0.2)
+    ctx.progress(1_234_567)
+    released = gate(name)
+    while not released.wait(0.01):
+        ctx.raise_if_cancelled()
+
+
+def readable_jobs(**options: Any) -> JobCast:
+    jobs = make_jobs(**options)
+    jobs.task(description=DESCRIPTION)(described)
+    for task in (report, explode, crawl):
+        jobs.task(task)
+    return jobs
+
+
+def fits(page: Page, selector: str) -> bool:
+    """Whether the element shows all its text: nothing scrolled away, nothing past its cell."""
+    result: bool = page.locator(selector).evaluate(
+        """element => {
+          const box = element.getBoundingClientRect();
+          const cell = element.closest('td').getBoundingClientRect();
+          return element.scrollWidth <= element.clientWidth + 1 && box.right <= cell.right + 1
+            && box.left >= cell.left - 1;
+        }"""
+    )
+    return result
+
+
+def test_a_task_description_shows_its_markdown_as_text(serve: Serve, sized_page: Page) -> None:
+    page = sized_page
+    _, server = serve(readable_jobs())
+    open_dashboard(page, server)
+    description = page.locator('form[data-task="described"] .task-description')
+
+    paragraphs = description.locator("p")
+    expect(paragraphs).to_have_count(2)
+    expect(paragraphs.first).to_contain_text("folder, keeping quality; quickly. Lines of one")
+    expect(description.locator("strong")).to_have_text("every")
+    expect(description.locator("code")).to_have_text("quality")
+    expect(description.locator("em")).to_have_text("quickly")
+    expect(description.locator("ul > li")).to_have_count(2)
+    # Only the http(s) link is a link; the other keeps its words, not its address.
+    links = description.locator("a")
+    expect(links).to_have_count(1)
+    expect(links).to_have_text("the guide")
+    expect(links).to_have_attribute("href", "https://example.com/guide")
+    expect(description.locator("ul > li").nth(1)).to_have_text("see the guide or this")
+    # HTML in a description is text.
+    expect(description.locator("img")).to_have_count(0)
+    expect(paragraphs.nth(1)).to_have_text(
+        '<img src=x onerror="window.pwned = 1"> stays text, as does snake_case_name.'
+    )
+    assert page.evaluate("window.pwned") is None
+
+
+def test_a_result_wraps_between_tokens_and_a_long_one_opens_to_pretty_json(
+    serve: Serve, sized_page: Page
+) -> None:
+    page = sized_page
+    _, server = serve(readable_jobs())
+    open_dashboard(page, server)
+    short = post(server, "sleep", {"seconds": 0.01, "steps": 1})
+    long = post(server, "report", {"items": 40})
+    for job in (short, long):
+        expect(page.locator(f'tr[data-job-id="{job}"]')).to_have_attribute(
+            "data-state", "succeeded"
+        )
+
+    outcome = page.locator(f'tr[data-job-id="{short}"] [data-part="outcome"]')
+    expect(outcome).to_have_text('{"slept_s": 0.01, "steps": 1}')
+    expect(outcome.locator("details")).to_have_count(0)
+
+    outcome = page.locator(f'tr[data-job-id="{long}"] [data-part="outcome"]')
+    summary = outcome.locator("summary")
+    expect(summary).to_contain_text('{"files": ["img_000.png", "img_001.png"')
+    whole = outcome.locator(".outcome-whole")
+    expect(whole).to_be_hidden()
+    summary.click()
+    expect(whole).to_be_visible()
+    result = httpx.get(f"{server.url}/api/jobs/{long}").json()["result"]
+    assert whole.text_content() == json.dumps(result, indent=2)
+    assert fits(page, f'tr[data-job-id="{long}"] .outcome-whole')
+    expect(page.locator("#log-panel")).to_be_hidden()  # opening the result opens nothing else
+    summary.click()
+    expect(whole).to_be_hidden()
+
+
+def test_the_eta_and_a_long_error_are_never_cut(serve: Serve, sized_page: Page) -> None:
+    page = sized_page
+    _, server = serve(readable_jobs())
+    open_dashboard(page, server)
+    crawling = post(server, "crawl", {"name": "eta"})
+    detail = f'tr[data-job-id="{crawling}"] [data-part="detail"]'
+    expect(page.locator(detail)).to_contain_text(re.compile(r"ETA\s\d"))
+    expect(page.locator(detail)).to_contain_text("1234567/987654321")
+    assert fits(page, detail)
+
+    failed = post(server, "explode", {"words": 60})
+    row = page.locator(f'tr[data-job-id="{failed}"]')
+    expect(row).to_have_attribute("data-state", "failed")
+    message = "RuntimeError: " + " ".join(f"word{i}" for i in range(60))
+    outcome = row.locator('[data-part="outcome"]')
+    expect(outcome).to_have_attribute("title", message)
+    outcome.locator("summary").click()
+    expect(outcome.locator(".outcome-whole")).to_have_text(message)
+    expect(outcome.locator(".outcome-whole")).to_be_in_viewport()
+    assert fits(page, f'tr[data-job-id="{failed}"] .outcome-whole')
+
+
+def test_a_refused_token_says_token_refused_until_the_right_one_is_given(
+    serve: Serve, sized_page: Page
+) -> None:
+    page = sized_page
+    _, server = serve(token=TOKEN, protect_reads=True)
+    page.add_init_script("localStorage.setItem('jobcast.token', 'wrong-token-for-tests-0123456')")
+    page.goto(server.url)
+    expect(page.locator("#connection-text")).to_have_text("Token refused")
+    expect(page.locator("#connection")).to_have_attribute("data-status", "refused")
+    expect(page.locator("#token-form")).to_be_visible()
+    expect(page.locator("#token-label")).to_contain_text("refused")
+    expect(page.locator("#task-forms")).to_contain_text("refused")
+
+    page.locator("#token-input").fill(TOKEN)
+    page.get_by_role("button", name="Use token").click()
+    expect(page.locator("#connection")).to_have_attribute("data-status", "live")
+    expect(page.locator('form[data-task="sleep"]')).to_be_visible()
+    expect(page.locator("#token-form")).to_be_hidden()
+
+
+def test_a_missing_token_says_token_needed(serve: Serve, sized_page: Page) -> None:
+    page = sized_page
+    _, server = serve(token=TOKEN, protect_reads=True)
+    page.goto(server.url)
+    expect(page.locator("#connection-text")).to_have_text("Token needed")
+    expect(page.locator("#token-label")).to_have_text("This server needs an access token.")
+
+
+def test_a_token_refused_for_a_start_says_so_at_the_form(serve: Serve, sized_page: Page) -> None:
+    page = sized_page
+    _, server = serve(token=TOKEN)  # reads are open: only starting needs the token
+    page.add_init_script("localStorage.setItem('jobcast.token', 'wrong-token-for-tests-0123456')")
+    open_dashboard(page, server)
+    start_sleep(page, seconds="0.1", steps="1")
+    message = page.locator('form[data-task="sleep"] .form-message')
+    expect(message).to_contain_text("Token refused")
+    expect(page.locator("#token-label")).to_contain_text("refused")
+    expect(page.locator("#connection-text")).to_have_text("Live")
+    assert httpx.get(f"{server.url}/api/jobs").json() == []
+
+
+def test_on_a_phone_the_jobs_come_before_the_forms(serve: Serve, sized_page: Page) -> None:
+    page = sized_page
+    _, server = serve()
+    open_dashboard(page, server)
+    jobs = page.locator("section.jobs").bounding_box()
+    forms = page.locator("section.start").bounding_box()
+    assert jobs and forms
+    if page.viewport_size == {"width": 390, "height": 844}:
+        assert jobs["y"] + jobs["height"] <= forms["y"]
+        expect(page.get_by_role("heading", name="Jobs")).to_be_in_viewport()
+    else:  # side by side: the forms on the left
+        assert forms["x"] + forms["width"] <= jobs["x"]
+        assert abs(forms["y"] - jobs["y"]) < 1
+
+
+def test_a_failed_jobs_log_panel_ends_with_its_error(serve: Serve, sized_page: Page) -> None:
+    page = sized_page
+    _, server = serve(readable_jobs())
+    open_dashboard(page, server)
+    failed = post(server, "explode", {"words": 3})
+    row = page.locator(f'tr[data-job-id="{failed}"]')
+    expect(row).to_have_attribute("data-state", "failed")
+    row.locator("button.logs").click()
+    lines = page.locator("#log-panel .log-lines li")
+    expect(lines).to_have_text(["about to fail", "RuntimeError: word0 word1 word2"])
+    expect(lines.last).to_have_class("log-error")
+    expect(lines.last).to_be_in_viewport()
+
+
+def test_each_job_has_a_link_that_opens_it(serve: Serve, sized_page: Page) -> None:
+    page = sized_page
+    _, server = serve()
+    open_dashboard(page, server)
+    job = post(server, "shout", {"lines": 3})
+    row = page.locator(f'tr[data-job-id="{job}"]')
+    expect(row).to_have_attribute("data-state", "succeeded")
+    link = row.locator("a.job-id")
+    expect(link).to_have_attribute("href", f"#job={job}")
+
+    panel = page.locator("#log-panel")
+    link.click()
+    expect(panel.locator(".log-lines li")).to_have_text(["line 0", "line 1", "line 2"])
+    expect(row).to_have_class(re.compile(r"\bselected\b"))
+    assert page.url == f"{server.url}/#job={job}"
+    page.locator("#log-close").click()
+    expect(panel).to_be_hidden()
+    assert page.url == f"{server.url}/"
+
+    # A page loaded with the link opens the job, with the lines it logged before.
+    other = page.context.new_page()
+    other.goto(f"{server.url}/#job={job}")
+    expect(other.locator("#log-panel .log-lines li")).to_have_text(["line 0", "line 1", "line 2"])
+    expect(other.locator("#log-panel .log-title")).to_have_text(f"shout · {job[:8]}")
+    expect(other.locator(f'tr[data-job-id="{job}"]')).to_have_class(re.compile(r"\bselected\b"))
+
+
+def test_a_link_to_a_job_the_server_does_not_know_says_so(serve: Serve, page: Page) -> None:
+    _, server = serve()
+    page.goto(f"{server.url}/#job=no-such-job")
+    expect(page.locator("#log-panel .log-empty")).to_contain_text("Could not follow this job")
+    expect(page.locator("#log-panel .log-empty")).to_contain_text("no-such-job")
