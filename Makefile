@@ -45,7 +45,7 @@ bench: $(STAMP) ## run the benchmarks (minutes; prints a table, writes docs/benc
 	@$(BIN)/python -c 'import matplotlib, tqdm' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-screenshot: $(STAMP) ## make docs/dashboard.png from a real browser
+screenshot: $(STAMP) ## make docs/dashboard.png and docs/dashboard-phone.png from a real browser
 	@scripts/system-deps chromium
 	$(BIN)/python scripts/screenshot.py
 

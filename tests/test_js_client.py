@@ -291,6 +291,7 @@ def test_the_module_and_its_declarations_are_served(serve: Serve) -> None:
     assert module.text == MODULE.read_text()
     types = httpx.get(f"{server.url}/static/jobcast-client.d.ts")
     assert types.status_code == 200 and types.text == TYPES.read_text()
+    assert types.headers["content-type"].startswith("application/typescript")
 
 
 def readme_html_example() -> str:

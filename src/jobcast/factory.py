@@ -7,8 +7,9 @@ service itself comes from the JobCast's lifespan, as its state.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
@@ -17,6 +18,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
+from starlette.types import Scope
 
 from . import __version__
 from .docs import serve_docs
@@ -42,11 +44,31 @@ def add_page(app: FastAPI) -> None:
     docs page at ``app.docs_url`` with every file from the server (see :mod:`jobcast.docs`)."""
     serve_docs(app)
     static = _static_dir()
-    app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
+    app.mount("/static", _PageFiles(directory=static, check_dir=False), name="static")
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(static / "index.html")
+
+
+class _PageFiles(StaticFiles):
+    """The page's files, with the media types a machine's ``/etc/mime.types`` may get wrong
+    or lack (Debian's names ``.ts`` a Qt translation file; Python's own list calls ``.js``
+    ``application/javascript``)."""
+
+    MEDIA_TYPES: ClassVar[dict[str, str]] = {
+        ".js": "text/javascript; charset=utf-8",
+        ".ts": "application/typescript; charset=utf-8",
+    }
+
+    def file_response(
+        self, full_path: Any, stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        media_type = self.MEDIA_TYPES.get(Path(full_path).suffix)
+        if media_type is not None and response.status_code == 200:
+            response.headers["content-type"] = media_type
+        return response
 
 
 def create_app(jobs: JobCast, **fastapi_options: Any) -> FastAPI:
