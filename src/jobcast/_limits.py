@@ -6,6 +6,7 @@ clients do: a flood of addresses evicts the oldest entries rather than growing.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import math
 import time
@@ -131,8 +132,8 @@ class Slot:
     client: str
     #: When the write in progress started (``time.monotonic()``), or 0 when none is.
     sending_since: float = 0.0
-    #: Cancels the stream's response; set once the response runs.
-    scope: anyio.CancelScope | None = None
+    #: The task that runs the stream's response, which a drop cancels; set once it runs.
+    task: asyncio.Task[Any] | None = None
     dropped: bool = False
 
 
@@ -197,9 +198,9 @@ class StreamSlots:
             deadline = time.monotonic() - timeout
             for slot in self._open:
                 since = slot.sending_since
-                if since and since < deadline and slot.scope is not None and not slot.dropped:
+                if since and since < deadline and slot.task is not None and not slot.dropped:
                     slot.dropped = True
-                    slot.scope.cancel()
+                    slot.task.cancel()
 
 
 @dataclass(slots=True, frozen=True)

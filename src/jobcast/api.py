@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, ClassVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.datastructures import Default, DefaultPlaceholder
@@ -134,6 +134,63 @@ class StreamRoute(JobcastRoute):
         except JobcastError as exc:
             response = error_response(exc)
         await response(scope, receive, _without_body(send) if scope["method"] == "HEAD" else send)
+
+
+class _Group:
+    """Routes added to one router with the dependencies, responses and route class of a part
+    of the API, as an included router would add them."""
+
+    def __init__(
+        self,
+        router: APIRouter,
+        *,
+        route_class: type[APIRoute],
+        dependencies: Sequence[Any],
+        responses: dict[int | str, dict[str, Any]],
+    ) -> None:
+        self.router = router
+        self.route_class = route_class
+        self.dependencies = list(dependencies)
+        self.responses = responses
+
+    def add_api_route(
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        responses: dict[int | str, dict[str, Any]] | None = None,
+        route_class_override: type[APIRoute] | None = None,
+        **options: Any,
+    ) -> None:
+        self.router.add_api_route(
+            path,
+            endpoint,
+            responses={**self.responses, **(responses or {})},
+            dependencies=self.dependencies,
+            route_class_override=route_class_override or self.route_class,
+            **options,
+        )
+
+    def get(self, path: str, **options: Any) -> Callable[[_Endpoint], _Endpoint]:
+        return self._method("GET", path, options)
+
+    def post(self, path: str, **options: Any) -> Callable[[_Endpoint], _Endpoint]:
+        return self._method("POST", path, options)
+
+    def delete(self, path: str, **options: Any) -> Callable[[_Endpoint], _Endpoint]:
+        return self._method("DELETE", path, options)
+
+    def _method(
+        self, method: str, path: str, options: dict[str, Any]
+    ) -> Callable[[_Endpoint], _Endpoint]:
+        def add(endpoint: _Endpoint) -> _Endpoint:
+            self.add_api_route(path, endpoint, methods=[method], **options)
+            return endpoint
+
+        return add
+
+
+_Endpoint = TypeVar("_Endpoint", bound=Callable[..., Any])
 
 
 def _without_body(send: Send) -> Send:
@@ -275,14 +332,18 @@ def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots)
     stream_route = StreamRoute.for_settings(settings)
     auth = _AUTH_ERRORS if guard.enabled else {}
     router = APIRouter(route_class=JobcastRoute.for_settings(settings, guarded=False))
-    # Reads and writes live on routers of their own, each declaring in OpenAPI what its
-    # part of the policy asks for (the policy itself is on every route).
-    reads = APIRouter(
+    # Reads and writes each declare in OpenAPI what their part of the policy asks for (the
+    # policy itself is on every route). Groups of routes on the one router rather than
+    # routers of their own: FastAPI walks one more level per included router on every
+    # request, and a stream keeps that level's frames alive for as long as it is open.
+    reads = _Group(
+        router,
         route_class=route_class,
         dependencies=guard.dependencies(write=False),
         responses=auth if guard.protect_reads else {},
     )
-    writes = APIRouter(
+    writes = _Group(
+        router,
         route_class=route_class,
         dependencies=guard.dependencies(write=True),
         responses={**auth, **_WRITE_ERRORS},
@@ -486,6 +547,4 @@ def build_router(tasks: list[Task], *, settings: Settings, streams: StreamSlots)
                 route_class_override=stream_route,
             )
 
-    router.include_router(reads)
-    router.include_router(writes)
     return router

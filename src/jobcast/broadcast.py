@@ -17,10 +17,10 @@ wake-up per stream per event.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Generator
 from typing import Any
 
-import anyio
 from starlette.types import Send
 
 from .eventlog import EventLog, Gap
@@ -123,7 +123,7 @@ class Subscriber:
         self.filter = which
         self.position = position
         self.done = done  # for a job's stream: whether it has said everything at a position
-        self.park: anyio.CancelScope | None = None
+        self.park: asyncio.Task[Any] | None = None  # its own task, while it is parked
         self.write: Write | None = None
         self.error: Exception | None = None
 
@@ -245,8 +245,9 @@ class Broadcaster:
     def _hand_back(self, subscriber: Subscriber, position: int) -> None:
         self.leave(subscriber)
         subscriber.position = position
-        if subscriber.park is not None:
-            subscriber.park.cancel()
+        task, subscriber.park = subscriber.park, None
+        if task is not None:
+            task.cancel()  # it learns why from ``park`` being let go of
 
 
 def _select(events: list[Event], groups: dict[Filter, Any]) -> dict[Filter, list[Event]]:

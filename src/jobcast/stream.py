@@ -15,6 +15,7 @@ the slots' watchdog drops a client that stopped reading.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -87,12 +88,15 @@ class EventStream(Response):
                 await send(start)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            with anyio.CancelScope() as cancel:
-                if slot is not None:
-                    slot.scope = cancel
+            if slot is not None:
+                slot.task = asyncio.current_task()
+            try:
                 await send(start)
                 await self._follow.run(receive, send, slot)
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except asyncio.CancelledError:
+                if not _interrupted(slot is not None and slot.dropped):
+                    raise
             if slot is not None and slot.dropped:
                 logger.info(
                     "dropped a stream to %s: it read nothing for %s s",
@@ -251,13 +255,17 @@ class _Follow:
                     if log.visible_seq == position and not log.closed:
                         pending = KEEPALIVE
                     continue
-                with anyio.CancelScope() as park:
-                    subscriber.park = park
+                subscriber.park = asyncio.current_task()
+                try:
                     while (await receive())["type"] != "http.disconnect":
                         pass
+                except asyncio.CancelledError:
+                    # Handed back by the broadcaster (which let go of its task first): go on.
+                    if not _interrupted(subscriber.park is None):
+                        raise
+                    continue
                 subscriber.park = None
-                if not park.cancel_called:
-                    return  # the client left
+                return  # the client left
         finally:
             log.subscribers -= 1
             broadcaster.leave(subscriber)
@@ -284,6 +292,14 @@ class _Follow:
                 if size >= WRITE_LIMIT:
                     break
         return b"".join(parts), position
+
+
+def _interrupted(ours: bool) -> bool:
+    """Whether the cancellation being handled is only the interruption of this stream's
+    own (``ours``: the broadcaster's hand-back, the watchdog's drop), which it then takes
+    back; any other cancellation, alone or as well, goes on."""
+    task = asyncio.current_task()
+    return ours and task is not None and task.uncancel() == 0
 
 
 async def _stamped(slot: Slot | None, write: Awaitable[None]) -> None:
