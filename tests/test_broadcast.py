@@ -16,7 +16,8 @@ import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobcast import JobCast
-from jobcast.broadcast import WRITE_LIMIT, chunks
+from jobcast.broadcast import EVERY_JOB, WRITE_LIMIT, Broadcaster, Subscriber, chunks
+from jobcast.eventlog import EventLog
 from jobcast.events import Event
 from tests.apps import gate
 from tests.conftest import Server, wait_until
@@ -224,3 +225,62 @@ async def test_a_write_that_fails_ends_that_stream_alone(
     ] * 2
     assert_in_order_once(frames)
     assert (await client.get(f"{server.url}/healthz")).status_code == 200
+
+
+async def test_streams_that_resume_while_events_flow_get_each_event_once(serve: Serve) -> None:
+    jobs, server = serve(max_streams_per_client=100)
+    url = f"{server.url}/api/events"
+    async with httpx.AsyncClient(timeout=60) as client:
+        async with open_stream(client, url) as first:
+            since = (await first.next()).id
+        flood = await start(client, server, "flood", lines=4000, width=10)
+
+        async def resume() -> list[Frame]:
+            # Each catches up on its own path while the broadcaster takes new batches, then
+            # joins it: behind it, level with it, or ahead of it.
+            async with open_stream(client, url, last_event_id=since) as stream:
+                return await stream.until(ended(flood), seconds=60)
+
+        async with anyio.create_task_group() as streams:
+            results: list[list[Frame]] = []
+
+            async def one() -> None:
+                results.append(await resume())
+
+            for _ in range(40):
+                streams.start_soon(one)
+    expected = [f"{i:06d}" for i in range(4000)]
+    for frames in results:
+        assert lines_of(frames, flood) == expected
+        assert_in_order_once(frames)
+
+
+@pytest.mark.unit
+async def test_a_stream_that_joins_ahead_of_the_broadcaster_gets_only_what_follows() -> None:
+    # The race a storm of resuming clients meets: a stream has read the log up to an event
+    # that the broadcaster, woken but not yet run, has not taken. Forced here in one step.
+    log = EventLog()
+    broadcaster = Broadcaster(log)
+    seen: dict[str, list[bytes]] = {"level": [], "ahead": []}
+
+    def recorder(name: str) -> Send:
+        async def send(message: Message) -> None:
+            seen[name].append(message["body"])
+
+        return send
+
+    def event(line: str) -> Event:
+        return log.append("log", job_id="j", task="t", payload={"line": line})
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(broadcaster.run)
+        await anyio.wait_all_tasks_blocked()
+        assert broadcaster.join(Subscriber(recorder("level"), EVERY_JOB, log.visible_seq))
+        first = event("first")
+        assert broadcaster.join(Subscriber(recorder("ahead"), EVERY_JOB, first.seq))
+        await anyio.wait_all_tasks_blocked()
+        second = event("second")
+        await anyio.wait_all_tasks_blocked()
+        log.close()
+    assert seen["level"] == [first.frame, second.frame]
+    assert seen["ahead"] == [second.frame]

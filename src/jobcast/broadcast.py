@@ -195,19 +195,20 @@ class Broadcaster:
         except Gap:  # the batch is no longer in the log: each stream reports the gap itself
             self._hand_back_all(start)
             return
-        for subscriber in list(self._ahead):
-            if subscriber.position <= end:  # caught up with it: what it lacks, then the group
-                self._ahead.discard(subscriber)
-                later = events[subscriber.position - start :]
-                mine = [event for event in later if accepts(subscriber.filter, event)]
-                if self._deliver(subscriber, chunks(mine) if mine else [], end):
-                    self._groups.setdefault(subscriber.filter, set()).add(subscriber)
         for which, batch in _select(events, self._groups).items():
             if not batch:
                 continue
             writes = chunks(batch)
             for subscriber in list(self._groups[which]):
                 self._deliver(subscriber, writes, end)
+        # Then those it has caught up with: what each lacks of the batch, and into its group
+        # (after the group's write, which starts before their position).
+        for subscriber in [s for s in self._ahead if s.position <= end]:
+            self._ahead.discard(subscriber)
+            later = events[subscriber.position - start :]
+            mine = [event for event in later if accepts(subscriber.filter, event)]
+            if self._deliver(subscriber, chunks(mine) if mine else [], end):
+                self._groups.setdefault(subscriber.filter, set()).add(subscriber)
 
     def _deliver(self, subscriber: Subscriber, writes: list[tuple[bytes, int]], end: int) -> bool:
         """Write ``writes`` to ``subscriber``; whether it stays joined."""

@@ -250,7 +250,9 @@ class _Follow:
                     return
                 if position < log.visible_seq or log.closed:
                     continue
-                if not broadcaster.join(subscriber):  # the service is stopping
+                if not broadcaster.join(subscriber):
+                    # Behind it (the broadcaster moved on while this stream wrote: read on),
+                    # or it has stopped (the service is stopping: follow the log alone).
                     await log.wait(position)
                     if log.visible_seq == position and not log.closed:
                         pending = KEEPALIVE
