@@ -214,8 +214,8 @@ class Broadcaster:
         """Write ``writes`` to ``subscriber``; whether it stays joined."""
         for index, (body, last) in enumerate(writes):
             message = {"type": "http.response.body", "body": body, "more_body": True}
-            write = subscriber.send(message).__await__()
             try:
+                write = subscriber.send(message).__await__()
                 step = write.send(None)
             except StopIteration:
                 continue
