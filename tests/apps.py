@@ -102,6 +102,14 @@ def make_jobs(**options: Any) -> JobCast:
             ctx.log(f"{i:06d} {body}")
 
     @jobs.task
+    def echo(ctx: JobContext, text: str, steps: Annotated[int, Field(ge=0, le=100)] = 2) -> str:
+        """Log `text`, report `steps` steps with it as the message, and return it."""
+        ctx.log(text)
+        for step in range(steps):
+            ctx.progress(step + 1, steps, text)
+        return text
+
+    @jobs.task
     def boom(ctx: JobContext, message: str = "kaput") -> None:
         """Raise ValueError(message)."""
         raise ValueError(message)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import termios
 import time
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,24 @@ def read_until(fd: int, text: bytes, seconds: float = 20) -> bytes:
                 raise AssertionError(f"the output ended before {text!r}: {out!r}")
             out += chunk
     return out
+
+
+def read_to_end(fd: int, seconds: float = 30) -> bytes:
+    """What ``fd`` gives until its other side has closed; fails after ``seconds``."""
+    out = b""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"the output did not end within {seconds} s: {out!r}")
+        if select.select([fd], [], [], left)[0]:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # a terminal whose other side has closed
+                return out
+            if not chunk:
+                return out
+            out += chunk
 
 
 def finish(process: subprocess.Popen[bytes]) -> tuple[int, str, str]:
@@ -269,6 +288,76 @@ def test_on_a_terminal_a_live_bar_is_drawn_with_the_log_above_it(serve: Serve) -
     readings = re.findall(bar + r" [\d.]+/s ETA 0:0\d sleeping", shown)
     assert len(set(readings)) >= 2
     assert shown.count("\r\n") < shown.count("\x1b[2K")  # redrawn, not scrolled
+
+
+#: Text a job may log, report or return that a terminal would obey: clear the screen, set
+#: the window's title, colour (as CSI and as its one-byte C1 form), ring the bell.
+HOSTILE = "\x1b[2J\x1b]0;pwned\x07red\x1b[31m \x9b1m\x07bell\ttab\nnext"
+
+
+_CLEAR = "\r\x1b[2K"
+
+
+def on_a_terminal(url: str, *args: str, columns: int = 120) -> tuple[int, str, str]:
+    """Run ``jobcast ARGS`` with stderr on a terminal ``columns`` wide and stdout on a pipe:
+    its exit status, what the terminal showed and what stdout got."""
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
+    try:
+        running = subprocess.Popen(
+            [sys.executable, "-m", "jobcast", *args],
+            env={**env, "JOBCAST_URL": url},
+            stdin=side,
+            stdout=subprocess.PIPE,
+            stderr=side,
+        )
+        os.close(side)
+        shown = read_to_end(main)
+        out, _ = running.communicate(timeout=30)
+    finally:
+        os.close(main)
+    return running.returncode, shown.decode(), out.decode()
+
+
+def columns_of(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
+
+
+def test_what_a_job_says_is_shown_and_never_obeyed_by_the_terminal(serve: Serve) -> None:
+    _, server = serve()
+    # Without a terminal: the log line and the error as plain text, the result as JSON.
+    done = jobcast(server.url, "start", "echo", f"text={HOSTILE}", "--follow")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == HOSTILE  # the result itself, whole
+    assert "red \ufffdbell tab" in done.stderr.splitlines()  # a line break makes two
+    failed = jobcast(server.url, "start", "boom", f"message={HOSTILE}", "--follow")
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-1].endswith("failed: ValueError: red \ufffdbell tab next")
+    for output in (done.stdout, done.stderr, failed.stderr):
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", output), output
+    # On a terminal: the bar shows the message on its one line, and the only escape is the
+    # bar's own, which clears its line to redraw it.
+    for args in (["echo", f"text={HOSTILE}"], ["boom", f"message={HOSTILE}"]):
+        _, shown, _ = on_a_terminal(server.url, "start", *args, "--follow")
+        assert "red \ufffdbell tab" in shown
+        obeyed = re.search("[\x00-\x09\x0b-\x0c\x0e-\x1f\x7f-\x9f]", shown.replace(_CLEAR, ""))
+        assert obeyed is None, shown
+
+
+def test_the_bar_fits_the_terminal_it_is_drawn_on_wide_characters_and_all(serve: Serve) -> None:
+    _, server = serve()
+    message = "画像を縮小しています " * 6  # each of these characters takes two columns
+    status, shown, out = on_a_terminal(
+        server.url, "start", "echo", f"text={message}", "steps=3", "--follow", columns=100
+    )
+    assert status == 0 and json.loads(out) == message  # stdout a pipe, stderr the terminal
+    drawn = [part.rstrip("\r\n") for part in shown.split(_CLEAR)]
+    bar = next(part for part in drawn if part.startswith("echo succeeded |"))
+    assert "3/3 100%" in bar and "画像を" in bar
+    # A line as wide as the terminal or wider would wrap, and the next redraw would clear
+    # only its last row: the bar would scroll up the screen instead of staying in place.
+    assert 98 <= columns_of(bar) <= 99
 
 
 def test_ctrl_c_stops_watching_says_how_to_cancel_and_leaves_the_job_running(

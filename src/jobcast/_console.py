@@ -3,19 +3,81 @@ terminal, plain lines."""
 
 from __future__ import annotations
 
-import shutil
+import os
+import re
 import time
+import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TextIO
 
 from .client import Event, Job, JobEvent, LogEvent, Progress, Reset, Snapshot
 
-__all__ = ["Bar", "Display", "Lines", "describe", "display_for"]
+__all__ = ["Bar", "Display", "Lines", "columns", "describe", "display_for", "fit", "printable"]
 
 #: Seconds between two plain progress lines: a log file gets a reading now and then.
 PLAIN_INTERVAL = 2.0
 _CLEAR = "\r\x1b[2K"
+
+# What a job's text may hold that a terminal would obey rather than show: escape sequences
+# (CSI, such as colours and cursor moves; OSC, such as a window title or a link; and the
+# two-character ones), then any other C0 or C1 control character, and DEL.
+_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI ... final byte
+    r"|(?:\x1b[]PX^_]|[\x90\x98\x9d-\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC, DCS...
+    r"|\x1b[ -/]*[0-~]?"  # ESC and what it introduces
+)
+_SPACE = re.compile(r"[\t\n\v\f\r]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_REPLACEMENT = "\ufffd"
+
+
+def printable(text: str) -> str:
+    """``text`` as a terminal shows it without obeying it, on one line: escape sequences
+    dropped, line breaks and tabs as a space, other control characters as U+FFFD.
+
+    A job's log lines, its messages and its error are written by the job (or by a program it
+    runs), so that none of them can recolour, move, retitle or clear the watcher's terminal.
+    """
+    if text.isprintable():
+        return text
+    text = _ESCAPE.sub("", text)
+    text = _SPACE.sub(" ", text)
+    return _CONTROL.sub(_REPLACEMENT, text)
+
+
+def _width(char: str) -> int:
+    if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` columns of a terminal (a wide character, as CJK
+    text and most emoji are, takes two)."""
+    if len(text) <= width and text.isascii():
+        return text
+    used = 0
+    for index, char in enumerate(text):
+        used += _width(char)
+        if used > width:
+            return text[:index]
+    return text
+
+
+def columns(out: TextIO) -> int:
+    """The width of the terminal ``out`` writes to: ``COLUMNS`` when set, else the
+    terminal's own (not stdout's, which may be a pipe while ``out`` is stderr), else 80."""
+    try:
+        found = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        found = 0
+    if found <= 0:
+        try:
+            found = os.get_terminal_size(out.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            found = 0
+    return found if found > 0 else 80
 
 
 def _number(value: float) -> str:
@@ -100,7 +162,7 @@ class Lines(Display):
     def log(self, line: str) -> None:
         # One write per line: a Ctrl+C between the text and its newline would glue the
         # next message to it.
-        self.out.write(f"{line}\n")
+        self.out.write(f"{printable(line)}\n")
         self.out.flush()
 
     def close(self) -> None:
@@ -127,7 +189,7 @@ class Bar(Display):
         self._drawn = False
 
     def log(self, line: str) -> None:
-        self.out.write(f"{_CLEAR}{line}\n")
+        self.out.write(f"{_CLEAR}{printable(line)}\n")
         self._draw()
 
     def change(self, name: str, job: Job, before: Job | None) -> None:
@@ -140,23 +202,27 @@ class Bar(Display):
             self._drawn = False
 
     def line(self, width: int) -> str:
-        """The bar as it stands, in at most ``width`` characters."""
+        """The bar as it stands, on one line of at most ``width`` columns."""
+        return fit(printable(self._text()), width)
+
+    def _text(self) -> str:
         job = self.job
         if job is None:
-            return f"{self.job_id[:8]} waiting for its first event"[:width]
+            return f"{self.job_id[:8]} waiting for its first event"
         head = f"{job.task} {job.state}"
         progress = job.progress
         if progress is None:
-            return head[:width]
+            return head
         bar = ""
         if progress.percent is not None:
             full, empty = self._blocks
             done = round(progress.percent / 5)
             bar = f" |{full * done}{empty * (20 - done)}|"
-        return f"{head}{bar} {describe(progress)}"[:width]
+        return f"{head}{bar} {describe(progress)}"
 
     def _draw(self) -> None:
-        width = shutil.get_terminal_size().columns - 1
+        # One column spare: a line that fills the last column wraps on some terminals.
+        width = columns(self.out) - 1
         self.out.write(f"{_CLEAR}{self.line(width)}")
         self.out.flush()
         self._drawn = True

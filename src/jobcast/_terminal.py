@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._console import describe, display_for
+from ._console import describe, display_for, printable
 from .client import (
     Client,
     ClientError,
@@ -30,7 +31,7 @@ from .client import (
 )
 from .client._protocol import outcome
 
-__all__ = ["COMMANDS", "DEFAULT_URL", "add_commands", "parse_params", "run"]
+__all__ = ["COMMANDS", "DEFAULT_URL", "add_commands", "as_json", "parse_params", "run"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 OK, FAILED, USAGE, STOPPED = 0, 1, 2, 3
@@ -71,14 +72,10 @@ def _start(client: Client, args: argparse.Namespace) -> int:
     params = parse_params(args.params)
     job = client.start(args.task, params, delay=args.delay, priority=args.priority)
     if args.follow:
-        print(f"jobcast: started {job.task} job {job.id}", file=sys.stderr)
+        _say(f"started {job.task} job {job.id}")
         return _watch_job(client, job.id)
-    print(job.id)
-    print(
-        f"jobcast: started {job.task} job {job.id} ({job.state}); follow it with: "
-        f"jobcast watch {job.id}",
-        file=sys.stderr,
-    )
+    print(printable(job.id))
+    _say(f"started {job.task} job {job.id} ({job.state}); follow it with: jobcast watch {job.id}")
     return OK
 
 
@@ -94,11 +91,7 @@ def _watch_job(client: Client, job_id: str) -> int:
             display.show(event)
     except KeyboardInterrupt:
         display.close()
-        print(
-            f"jobcast: stopped watching; job {job_id} goes on. Cancel it with: "
-            f"jobcast cancel {job_id}",
-            file=sys.stderr,
-        )
+        _say(f"stopped watching; job {job_id} goes on. Cancel it with: jobcast cancel {job_id}")
         return STOPPED
     display.close()
     job = display.job
@@ -107,31 +100,45 @@ def _watch_job(client: Client, job_id: str) -> int:
     try:
         result = outcome(job)
     except JobFailed as exc:
-        print(f"jobcast: {exc}", file=sys.stderr)
-        return FAILED
+        return _fail(str(exc), FAILED)
     except JobCancelled as exc:
-        print(f"jobcast: {exc}", file=sys.stderr)
-        return STOPPED
-    print(json.dumps(result, ensure_ascii=False))
+        return _fail(str(exc), STOPPED)
+    print(as_json(result))
     return OK
+
+
+# The C1 controls and DEL, which json.dumps leaves as they are without ensure_ascii, and
+# which some terminals obey.
+_C1 = re.compile("[\x7f-\x9f]")
+
+
+def as_json(value: Any) -> str:
+    """``value`` as one line of JSON for stdout: text as it is (not as \\u escapes), but
+    every control character escaped, so that a result cannot drive the terminal."""
+    text = json.dumps(value, ensure_ascii=False)
+    return _C1.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def _jobs(client: Client, args: argparse.Namespace) -> int:
     found = client.jobs(state=args.state, task=args.task, limit=args.limit)
     if not found:
-        print("jobcast: no jobs", file=sys.stderr)
+        _say("no jobs")
         return OK
     width = max(len(job.task) for job in found)
     for job in found:
         created = "" if job.created_at is None else job.created_at.isoformat(timespec="seconds")
         shown = "" if job.progress is None else describe(job.progress)
-        print(f"{job.id}  {job.task:<{width}}  {job.state:<11}  {created}  {shown}".rstrip())
+        print(
+            printable(
+                f"{job.id}  {job.task:<{width}}  {job.state:<11}  {created}  {shown}"
+            ).rstrip()
+        )
     return OK
 
 
 def _cancel(client: Client, args: argparse.Namespace) -> int:
     job = client.cancel(args.job_id)
-    print(f"{job.id} {'cancelling' if job.cancelling else job.state}")
+    print(printable(f"{job.id} {'cancelling' if job.cancelling else job.state}"))
     return OK
 
 
@@ -214,6 +221,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail("interrupted", STOPPED)
 
 
+def _say(message: str) -> None:
+    """Tell the user ``message`` on stderr; what it quotes of the server or of a job is shown,
+    never obeyed by the terminal."""
+    print(f"jobcast: {printable(message)}", file=sys.stderr)
+
+
 def _fail(message: str, status: int) -> int:
-    print(f"jobcast: {message}", file=sys.stderr)
+    _say(message)
     return status
