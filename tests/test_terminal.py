@@ -101,6 +101,7 @@ def finish(process: subprocess.Popen[bytes]) -> tuple[int, str, str]:
 
 def test_values_are_json_when_they_are_json_else_text() -> None:
     pairs = ["a=in", "n=5", "f=0.5", "b=true", "l=[1, 2]", 's="5"', "x=NaN", "e=", "k=a=b"]
+    pairs += ["big=1e999", "bigs=[1, -1e999]"]
     assert parse_params(pairs) == {
         "a": "in",
         "n": 5,
@@ -111,6 +112,8 @@ def test_values_are_json_when_they_are_json_else_text() -> None:
         "x": "NaN",  # not JSON: what JSON cannot carry stays text
         "e": "",
         "k": "a=b",
+        "big": "1e999",  # JSON's syntax, but infinite: no number JSON can carry
+        "bigs": "[1, -1e999]",
     }
 
 
@@ -223,6 +226,8 @@ def test_jobs_lists_newest_first_and_cancel_stops_a_job(serve: Serve) -> None:
         (["watch", "no-such-job"], "no job with id 'no-such-job'"),
         (["cancel", "no-such-job"], "no job with id 'no-such-job'"),
         (["jobs", "--url", "localhost:8000"], "--url 'localhost:8000' is not an http://"),
+        (["start", "echo", "text=" + os.fsdecode(b"in\xff")], "b'text=in\\xff' is not UTF-8 text"),
+        (["start", "count", "n=1e999"], "n: Value error, must be a number, not str '1e999'"),
     ],
 )
 def test_usage_errors_exit_2_say_what_is_wrong_and_change_nothing(
@@ -234,6 +239,25 @@ def test_usage_errors_exit_2_say_what_is_wrong_and_change_nothing(
     assert says in done.stderr and done.stdout == ""
     with Client(server.url) as client:
         assert client.jobs() == []
+
+
+def test_output_into_a_pipe_nobody_reads_ends_quietly(serve: Serve) -> None:
+    _, server = serve()
+    with Client(server.url) as client:
+        client.wait(client.start("count", {"n": 1}).id, timeout=10)
+    read, write = os.pipe()
+    os.close(read)  # as `jobcast jobs | head -1` once head has had its line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "jobcast", "jobs", "--url", server.url],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")
 
 
 @pytest.mark.integration  # jobcast, as a process

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -50,17 +51,34 @@ def parse_params(pairs: Sequence[str]) -> dict[str, Any]:
             raise UsageError(f"{pair!r} is not key=value (for example seconds=5 or name=in)")
         if key in params:
             raise UsageError(f"{key!r} is given twice; give each param once")
-        params[key] = _value(raw)
+        params[key] = value = _value(raw)
+        try:
+            json.dumps({key: value}, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            # Bytes of the command line that are not UTF-8 (a file name in another
+            # encoding, say) reach Python as lone surrogates, which JSON cannot send.
+            raise UsageError(
+                f"{os.fsencode(pair)!r} is not UTF-8 text, and params travel as UTF-8 "
+                "JSON; give the param in UTF-8"
+            ) from None
     return params
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(name)  # NaN and Infinity are not JSON: taken as text
+def _not_json(text: str) -> Any:
+    raise ValueError(text)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999: JSON's syntax, but no number JSON can carry
+        raise ValueError(text)
+    return number
 
 
 def _value(raw: str) -> Any:
+    # What JSON cannot carry (NaN, Infinity, 1e999) is taken as text.
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        return json.loads(raw, parse_constant=_not_json, parse_float=_finite)
     except ValueError:
         return raw
 
@@ -219,6 +237,21 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc), FAILED)
     except KeyboardInterrupt:
         return _fail("interrupted", STOPPED)
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """What reads the output has stopped (``| head -1``): nothing more to say, and no
+    traceback. Later writes (Python's flush at exit) go nowhere instead of failing again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (AttributeError, ValueError, OSError):
+            pass  # no such stream
+    os.close(devnull)
+    return FAILED
 
 
 def _say(message: str) -> None:
