@@ -4,6 +4,7 @@ restarts, against real servers."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -185,6 +186,28 @@ def test_server_errors_are_typed_and_carry_the_status_and_the_message(serve: Ser
             list(client.follow("no-such-job"))
 
 
+def test_an_id_or_a_task_made_of_dots_names_itself_not_the_path_above(serve: Serve) -> None:
+    _, server = serve()
+    with Client(server.url) as client:
+        job = client.start("count", {"n": 1})
+        client.wait(job.id, timeout=10)
+        # /api/jobs/../events would be /api/events: every job's stream, which never ends.
+        for dots in (".", ".."):
+            with pytest.raises(NotFound, match=f"no job with id '{re.escape(dots)}'"):
+                list(client.follow(dots))
+            with pytest.raises(NotFound, match=f"no job with id '{re.escape(dots)}'"):
+                client.get(dots)
+            with pytest.raises(NotFound, match=f"no job with id '{re.escape(dots)}'"):
+                client.cancel(dots)
+            with pytest.raises(NotFound, match=f"no task named '{re.escape(dots)}'"):
+                client.start(dots)
+        with pytest.raises(ValueError, match="job_id must not be empty"):
+            client.get("")
+        with pytest.raises(ValueError, match="task must not be empty"):
+            client.start("")
+        assert [found.id for found in client.jobs()] == [job.id]
+
+
 def test_a_server_with_a_token_refuses_a_client_without_it_or_with_a_wrong_one(
     serve: Serve,
 ) -> None:
@@ -201,6 +224,15 @@ def test_a_server_with_a_token_refuses_a_client_without_it_or_with_a_wrong_one(
         events = list(client.follow(job.id))  # the stream takes the header too
         assert events[-1].name == "succeeded"
         assert client.result(job.id) == 3
+    with Client(server.url, f"{TOKEN}\n") as client:  # as read from a file
+        assert client.get(job.id).result == 3
+    with Client(server.url, "") as client:  # as an unset variable gives it: no token
+        with pytest.raises(Unauthorized):
+            client.get(job.id)
+    # Text that no token holds is refused as such, not sent to fail as "cannot reach".
+    for wrong in ("two words", "caf\u00e9-token-of-sixteen", "line\r\nX-Injected: 1"):
+        with pytest.raises(ValueError, match="the token is not one a jobcast server could"):
+            Client(server.url, wrong)
 
 
 def test_an_unreachable_server_says_where_and_what_to_do() -> None:

@@ -30,7 +30,7 @@ from .client import (
     ServerUnreachable,
     Unauthorized,
 )
-from .client._protocol import outcome
+from .client._protocol import check_base_url, outcome
 
 __all__ = ["COMMANDS", "DEFAULT_URL", "add_commands", "as_json", "parse_params", "run"]
 
@@ -211,7 +211,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Carry out the client command ``args`` names; its exit status."""
     try:
-        client = Client(args.url, args.token)
+        check_base_url(args.url)
     except ValueError:
         return _fail(
             f"--url {args.url!r} is not an http:// or https:// URL; give the server's, as "
@@ -219,9 +219,13 @@ def run(args: argparse.Namespace) -> int:
             USAGE,
         )
     try:
+        client = Client(args.url, args.token)
+    except ValueError as exc:
+        return _fail(f"{exc}; check --token or JOBCAST_TOKEN", USAGE)
+    try:
         with client:
             return COMMANDS[args.command](client, args)
-    except UsageError as exc:
+    except (UsageError, ValueError) as exc:  # ValueError: an argument the client refused
         return _fail(str(exc), USAGE)
     except Unauthorized:
         if args.token:

@@ -9,6 +9,7 @@ sent back what that answer means, so paging (``logs()``) is written once for bot
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -90,9 +91,22 @@ def check_base_url(base_url: str) -> str:
     return base_url.rstrip("/")
 
 
+#: What a server's token may hold (RFC 6750's token68), as jobcast's settings require.
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
 def headers(token: str | None) -> dict[str, str]:
-    """The headers of every request: the token as the API expects it."""
-    return {} if token is None else {"Authorization": f"Bearer {token}"}
+    """The headers of every request: the token as the API expects it (none for None or
+    empty text); a ``ValueError`` for a token no server could have."""
+    token = (token or "").strip()  # as read from a file, with its line break
+    if not token:
+        return {}
+    if not _TOKEN.fullmatch(token):
+        raise ValueError(
+            "the token is not one a jobcast server could have: a token holds only letters, "
+            "digits and - . _ ~ + / (then = padding)"
+        )
+    return {"Authorization": f"Bearer {token}"}
 
 
 def unreachable(url: str, exc: httpx.TransportError) -> ServerUnreachable:
@@ -100,8 +114,13 @@ def unreachable(url: str, exc: httpx.TransportError) -> ServerUnreachable:
     return ServerUnreachable(url, str(exc) or type(exc).__name__)
 
 
-def _segment(value: str) -> str:
-    """``value`` as one path segment, whatever it holds."""
+def _segment(value: str, what: str = "job_id") -> str:
+    """``value`` as one path segment, whatever it holds; a ``ValueError`` naming ``what``
+    when it is empty."""
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if value in (".", ".."):  # a dot segment, which the URL would drop with the one before
+        return value.replace(".", "%2E")
     return quote(value, safe="")
 
 
@@ -192,7 +211,7 @@ def start(
         query["delay"] = delay
     if priority is not None:
         query["priority"] = priority
-    path = f"/api/tasks/{_segment(task)}/jobs"
+    path = f"/api/tasks/{_segment(task, 'task')}/jobs"
     job: Job = yield Call("POST", path, Job.from_json, query, dict(params or {}))
     return job
 

@@ -21,7 +21,8 @@ T = TypeVar("T")
 class Client(protocol.BaseClient):
     """A jobcast server's API and streams, over HTTP: ``Client("http://127.0.0.1:8000")``.
 
-    ``token`` is sent as ``Authorization: Bearer`` on every request, streams included.
+    ``token`` is sent as ``Authorization: Bearer`` on every request, streams included
+    (None or empty text: none; text no token could hold is a ``ValueError``).
     ``timeout`` bounds connecting and each wait for an answer; streams wait longer
     between events, and reconnect for up to ``reconnect_timeout`` seconds when they are
     cut. ``transport`` is an httpx transport of your own (proxies, socket options).
