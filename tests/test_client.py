@@ -14,8 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 from httpx_sse import ServerSentEvent
 
+from jobcast import JobCast
 from jobcast.client import (
     AsyncClient,
     Client,
@@ -108,7 +111,7 @@ def test_retry_advice_sets_the_wait_before_reconnecting_and_giving_up_is_bounded
     resume = Resume("http://x", "/api/events", reconnect_timeout=5, clock=lambda: now[0])
     with pytest.raises(ServerUnreachable, match="refused"):
         resume.lost("refused")  # never connected: there is nothing to resume
-    resume.opened(httpx.Response(200))
+    resume.opened(httpx.Response(200, headers={"Content-Type": "text/event-stream"}))
     assert resume.receive(frame("message", retry=250)) is None
     assert resume.lost("cut") == 0.25
     now[0] = 6.0
@@ -252,6 +255,30 @@ def test_an_unreachable_server_says_where_and_what_to_do() -> None:
     with pytest.raises(ValueError, match="timeout must be a number of seconds, at least 0"):
         with Client(url) as client:
             client.wait("any", timeout=-1)
+
+
+def another_app(jobs: JobCast) -> FastAPI:
+    """A web app that is not jobcast: a page for every path, as a wrong port may hold."""
+    app = FastAPI()
+
+    @app.get("/{path:path}", response_class=HTMLResponse)
+    def page(path: str) -> str:
+        return "<!doctype html><title>Another app</title>"
+
+    return app
+
+
+def test_a_server_that_is_not_jobcast_is_said_to_be_so_not_read_or_streamed_forever(
+    serve: Serve,
+) -> None:
+    _, server = serve(build=another_app)
+    with Client(server.url) as client:
+        with pytest.raises(ServerUnreachable, match="with text/html, not jobcast's JSON"):
+            client.jobs()
+        with pytest.raises(ServerUnreachable, match="with text/html, not an event stream"):
+            client.wait("any", timeout=5)
+        with pytest.raises(ServerUnreachable, match="is this the URL of a jobcast server"):
+            list(client.follow("any"))
 
 
 # -- results and waiting -----------------------------------------------------------------------

@@ -58,6 +58,7 @@ __all__ = [
     "headers",
     "jobs",
     "logs",
+    "not_jobcast",
     "outcome",
     "start",
     "tasks",
@@ -114,6 +115,17 @@ def unreachable(url: str, exc: httpx.TransportError) -> ServerUnreachable:
     return ServerUnreachable(url, str(exc) or type(exc).__name__)
 
 
+def not_jobcast(response: httpx.Response, expected: str) -> ServerUnreachable:
+    """The error for a success that is not what a jobcast server answers: the URL is that of
+    another server (a web server, a proxy's page)."""
+    kind = response.headers.get("content-type", "no content type").partition(";")[0]
+    return ServerUnreachable(
+        str(response.url),
+        f"it answered {response.status_code} with {kind}, not {expected}: is this the URL "
+        "of a jobcast server?",
+    )
+
+
 def _segment(value: str, what: str = "job_id") -> str:
     """``value`` as one path segment, whatever it holds; a ``ValueError`` naming ``what``
     when it is empty."""
@@ -139,9 +151,12 @@ class Call(Generic[T]):
 
     def answer(self, response: httpx.Response) -> T:
         """What ``response`` (its body read) means; the server's error, typed, otherwise."""
-        if response.is_success:
+        if not response.is_success:
+            raise error_from(response)
+        try:
             return self.read(response.json())
-        raise error_from(response)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise not_jobcast(response, "jobcast's JSON") from exc
 
 
 Plan = Generator[Call[Any], Any, T]
@@ -331,6 +346,9 @@ class Resume:
         again; any other error is raised (its body read)."""
         status = response.status_code
         if status == 200:
+            # What httpx-sse would refuse, each time the stream is opened again, forever.
+            if "text/event-stream" not in response.headers.get("content-type", ""):
+                raise not_jobcast(response, "an event stream")
             self._opened = True
             self._lost_since = None
             return True
