@@ -56,7 +56,9 @@ export async function startJob(task, params = {}, options = {}) {
     priority,
     run_at: runAt instanceof Date ? runAt.toISOString() : runAt,
   };
-  const path = `/api/tasks/${encodeURIComponent(task)}/jobs`;
+  const name = segment(task);
+  if (name === null) throw new JobcastError(`no task named '${task}'`, { status: 404 });
+  const path = `/api/tasks/${name}/jobs`;
   const { data } = await request('POST', path, { ...options, body: params ?? {}, query });
   return data;
 }
@@ -66,8 +68,10 @@ export async function startJob(task, params = {}, options = {}) {
  * Options: `lastEventId` (resume after it), `token`, `baseUrl`. Returns a handle with close().
  */
 export function watchJob(id, handlers = {}, options = {}) {
-  const job = `/api/jobs/${encodeURIComponent(id)}`;
-  return new Watch(`${job}/events`, {}, handlers, options, job);
+  const name = segment(id);
+  const job = `/api/jobs/${name}`;
+  const unknown = name === null ? new JobcastError(`no job with id '${id}'`, { status: 404 }) : null;
+  return new Watch(`${job}/events`, {}, handlers, options, job, unknown);
 }
 
 /**
@@ -75,7 +79,7 @@ export function watchJob(id, handlers = {}, options = {}) {
  * Options: `task`, `lastEventId`, `token`, `baseUrl`. Returns a handle with close().
  */
 export function watchJobs(handlers = {}, options = {}) {
-  return new Watch('/api/events', { task: options.task }, handlers, options, null);
+  return new Watch('/api/events', { task: options.task }, handlers, options, null, null);
 }
 
 class Watch {
@@ -91,7 +95,8 @@ class Watch {
   #retries = 0;
   #timer = 0;
 
-  constructor(path, query, handlers, options, jobPath) {
+  // `refusal`: the error the server would answer, for a job no URL can name.
+  constructor(path, query, handlers, options, jobPath, refusal) {
     this.#path = path;
     this.#query = query;
     this.#handlers = handlers;
@@ -99,10 +104,18 @@ class Watch {
     this.#jobPath = jobPath;
     this.#lastSeq = positiveInteger(options.lastEventId) ?? 0;
     this.#setStatus('connecting');
-    // With a token, ask first: a read protected by it answers a request that sends the
-    // header with the cookie EventSource then carries, and a refused token shows at once.
-    if (options.token) this.#check();
-    else this.#open();
+    // Told after the handle is returned, as a refusal from the server would be.
+    if (refusal) {
+      queueMicrotask(() => {
+        if (!this.#closed) this.#fail(refusal);
+      });
+    } else if (options.token) {
+      // With a token, ask first: a read protected by it answers a request that sends the
+      // header with the cookie EventSource then carries, and a refused token shows at once.
+      this.#check();
+    } else {
+      this.#open();
+    }
   }
 
   /** The id of the last event handed to the handlers (0 before any). */
@@ -265,11 +278,14 @@ async function send(url, method, token, body, signal) {
   const headers = { Accept: 'application/json' };
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
+  // Outside the try: a body JSON cannot carry (a BigInt, a cycle) is the caller's TypeError,
+  // not a server that could not be reached.
+  const json = body === undefined ? undefined : JSON.stringify(body);
   try {
     return await fetch(url, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: json,
       credentials: sendsCookies(url, token) ? 'include' : 'same-origin',
       signal,
     });
@@ -332,6 +348,13 @@ function validationItem(item) {
   const loc = Array.isArray(item.loc) ? item.loc.filter((part, index) => index > 0 || part !== 'body') : [];
   const message = item.msg ?? JSON.stringify(item);
   return loc.length ? `${loc.join('.')}: ${message}` : message;
+}
+
+// `value` as one segment of a path; null for '', '.' and '..', which no URL can carry as one:
+// it drops a dot segment with the segment before it, even percent-encoded.
+function segment(value) {
+  const text = String(value ?? '');
+  return text === '' || text === '.' || text === '..' ? null : encodeURIComponent(text);
 }
 
 function positiveInteger(value) {

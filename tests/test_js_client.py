@@ -240,6 +240,42 @@ def test_a_watch_of_a_job_resumed_past_its_end_ends_and_an_unknown_job_is_an_err
     assert page.evaluate("window.unknown.status") == "closed"
 
 
+def test_an_id_or_a_task_made_of_dots_names_itself_not_the_path_above(
+    serve: Serve, page: Page
+) -> None:
+    _, server = serve()
+    open_client(page, server)
+    job = start(page, "count", {"n": 1})
+    watch(page, "job", "(handlers, id) => jobcast.watchJob(id, handlers)", job["id"])
+    page.wait_for_function("window.seen.ended.length === 1")
+    # /api/jobs/../events is /api/events to a URL, even as %2E%2E: every job's stream, whose
+    # snapshot shows the finished job above, which the watch would take for its end.
+    for dots in (".", "..", ""):
+        watch(page, "all", "(handlers, id) => jobcast.watchJob(id, handlers)", dots)
+    page.wait_for_function("window.seen.errors.length === 3")
+    assert seen(page)["errors"] == [
+        "JobcastError 404: no job with id '.'",
+        "JobcastError 404: no job with id '..'",
+        "JobcastError 404: no job with id ''",
+    ]
+    assert len(seen(page)["ended"]) == 1 and seen(page)["all"] == []
+    refused = page.evaluate(
+        "(task) => jobcast.startJob(task, {}).catch((e) => `${e.status}: ${e.message}`)", ".."
+    )
+    assert refused == "404: no task named '..'"
+
+
+def test_params_json_cannot_carry_are_the_callers_error_not_an_unreachable_server(
+    serve: Serve, page: Page
+) -> None:
+    _, server = serve()
+    open_client(page, server)
+    refused = page.evaluate(
+        "() => jobcast.startJob('count', { n: 1n }).catch((e) => `${e.name}: ${e.status}`)"
+    )
+    assert refused == "TypeError: undefined"
+
+
 def test_a_watch_with_the_token_gets_the_protected_stream_and_a_wrong_one_is_refused(
     serve: Serve, page: Page
 ) -> None:
