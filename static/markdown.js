@@ -28,7 +28,14 @@ export function renderMarkdown(text) {
     if (paragraph.length) fragment.append(element('p', inline(paragraph.join(' '))));
     paragraph = [];
   };
+  // An item is made once its last line is known: made again at each line under it, a long
+  // one would cost the square of its length.
+  const endItem = () => {
+    if (list?.lines) list.node.append(element('li', inline(list.lines.join(' '))));
+    if (list) list.lines = null;
+  };
   const endList = () => {
+    endItem();
     if (list) fragment.append(list.node);
     list = null;
   };
@@ -45,13 +52,12 @@ export function renderMarkdown(text) {
         endList();
         list = { ordered, node: document.createElement(ordered ? 'ol' : 'ul'), lines: null };
         if (ordered && item[2] !== '1') list.node.start = Number(item[2]);
+      } else {
+        endItem();
       }
       list.lines = [item[3]];
-      list.node.append(element('li', inline(item[3])));
     } else if (list) {
-      // A line under an item continues it.
-      list.lines.push(line);
-      list.node.lastElementChild.replaceChildren(...inline(list.lines.join(' ')));
+      list.lines.push(line); // a line under an item continues it
     } else {
       paragraph.push(line);
     }

@@ -391,6 +391,29 @@ def test_a_task_description_shows_its_markdown_as_text(serve: Serve, sized_page:
     assert page.evaluate("window.pwned") is None
 
 
+def test_a_long_list_item_of_a_description_is_made_once_not_at_each_of_its_lines(
+    serve: Serve, page: Page
+) -> None:
+    _, server = serve()
+    page.goto(f"{server.url}/static/index.html")
+    made = page.evaluate(
+        """async (lines) => {
+          const { renderMarkdown } = await import('/static/markdown.js');
+          const create = document.createElement.bind(document);
+          let calls = 0;
+          document.createElement = (tag) => { calls += 1; return create(tag); };
+          const text = '- an item\\n' + 'that goes on, **bold**\\n'.repeat(lines);
+          const items = renderMarkdown(text).querySelectorAll('ul > li');
+          document.createElement = create;
+          return [calls, items.length, items[0].querySelectorAll('strong').length];
+        }""",
+        2000,
+    )
+    calls, items, bold = made
+    assert (items, bold) == (1, 2000)
+    assert calls <= 2000 + 10  # each <strong> once, with the <ul> and its <li>
+
+
 def test_a_result_wraps_between_tokens_and_a_long_one_opens_to_pretty_json(
     serve: Serve, sized_page: Page
 ) -> None:
