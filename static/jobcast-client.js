@@ -274,8 +274,19 @@ function sendsCookies(url, token) {
   return Boolean(token) && url.origin !== globalThis.location?.origin;
 }
 
+// What a server's token may hold (RFC 6750's token68), as jobcast's settings require.
+const TOKEN = /^[A-Za-z0-9._~+/-]+=*$/;
+
 async function send(url, method, token, body, signal) {
   const headers = { Accept: 'application/json' };
+  if (token && !TOKEN.test(token)) {
+    // Refused as the server would refuse it: a header cannot carry some such text, and
+    // fetch would then fail as if the server could not be reached.
+    throw new JobcastError(
+      'the token is not one a jobcast server could have: a token holds only letters, digits and - . _ ~ + / (then = padding)',
+      { status: 401 },
+    );
+  }
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   // Outside the try: a body JSON cannot carry (a BigInt, a cycle) is the caller's TypeError,

@@ -300,6 +300,16 @@ def test_a_watch_with_the_token_gets_the_protected_stream_and_a_wrong_one_is_ref
         "token => jobcast.startJob('shout', {}, { token }).catch(error => error.status)", wrong
     )
     assert refused == 401
+    # Text no token holds (a header cannot even carry some of it) is refused the same way,
+    # not taken for a server that cannot be reached.
+    for text in ("café-token-0123456789", "two words", "line\nbreak"):
+        refused = page.evaluate(
+            "token => jobcast.startJob('shout', {}, { token }).catch(error => error.status)", text
+        )
+        assert refused == 401
+        watch(page, "all", "(handlers, token) => jobcast.watchJobs(handlers, { token })", text)
+    page.wait_for_function("window.seen.errors.length === 4")
+    assert all("the token is not one" in error for error in seen(page)["errors"][1:])
 
 
 def test_the_declarations_name_every_export_and_every_event() -> None:
