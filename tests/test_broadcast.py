@@ -6,7 +6,7 @@ Against a real uvicorn: streams of every filter at once, a reader whose socket f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -16,9 +16,10 @@ import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobcast import JobCast
-from jobcast.broadcast import EVERY_JOB, WRITE_LIMIT, Broadcaster, Subscriber, chunks
+from jobcast.broadcast import EVERY_JOB, WRITE_LIMIT, Broadcaster, Filter, Subscriber, chunks
 from jobcast.eventlog import EventLog
 from jobcast.events import Event
+from jobcast.stream import READ_LIMIT, _Follow
 from tests.apps import gate
 from tests.conftest import Server, wait_until
 from tests.sse import Frame, Stream, open_stream
@@ -284,3 +285,100 @@ async def test_a_stream_that_joins_ahead_of_the_broadcaster_gets_only_what_follo
         log.close()
     assert seen["level"] == [first.frame, second.frame]
     assert seen["ahead"] == [second.frame]
+
+
+# -- a stream's own path, against a real log and broadcaster -----------------------------------
+
+
+class Service:
+    """What a stream takes from the service: the log, its broadcaster, and catching up."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.broadcaster = Broadcaster(log)
+
+    async def catch_up(self, seq: int) -> None:
+        pass
+
+
+class Client:
+    """A client's end of a stream: what it got, and ``leave()``."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.gone = anyio.Event()
+
+    async def send(self, message: Message) -> None:
+        self.bodies.append(message.get("body", b""))
+
+    async def receive(self) -> Message:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    def leave(self) -> None:
+        self.gone.set()
+
+    @property
+    def received(self) -> bytes:
+        return b"".join(self.bodies)
+
+
+def ids_of(body: bytes) -> list[int]:
+    return [int(line[4:]) for line in body.split(b"\n") if line.startswith(b"id: ")]
+
+
+def following(
+    service: Service,
+    position: int,
+    which: Filter = EVERY_JOB,
+    *,
+    done: Callable[[int], bool] | None = None,
+    kept: Callable[[int], Awaitable[list[Event]]] | None = None,
+) -> _Follow:
+    def snapshot() -> tuple[bytes, int]:
+        return b"event: snapshot\n\n", service.log.visible_seq
+
+    return _Follow(
+        service,  # type: ignore[arg-type]
+        position,
+        which=which,
+        first=b"",
+        snapshot=snapshot,
+        done=done,
+        kept=kept,
+    )
+
+
+@pytest.mark.unit
+async def test_a_job_stream_that_reads_the_store_while_memory_moves_on_loses_nothing() -> None:
+    log = EventLog(maxlen=10)  # memory drops its oldest events 64 at a time
+    store: list[Event] = []
+    end: list[Event] = []
+
+    def publish(name: str = "log") -> None:
+        store.append(log.append(name, job_id="j", task="t", payload={}))
+
+    for _ in range(100):
+        publish()
+    assert log.first_seq > 1  # the job's first events are only in the store now
+    asked: list[int] = []
+
+    async def kept(after: int) -> list[Event]:
+        # As the service reads the store: what is older than memory holds when it is asked.
+        before = log.first_seq
+        asked.append(after)
+        await anyio.lowlevel.checkpoint()  # the store answers from another thread...
+        if len(asked) == 1:  # ...while the job goes on, and memory drops what it held
+            for _ in range(100):
+                publish()
+            publish("succeeded")
+            end.append(store[-1])
+        return [event for event in store if after < event.seq < before][:READ_LIMIT]
+
+    client = Client()
+    follow = following(
+        Service(log), 0, ("job", "j"), done=lambda at: bool(end) and at >= end[0].seq, kept=kept
+    )
+    with anyio.fail_after(5):
+        await follow.run(client.receive, client.send, None)
+    assert ids_of(client.received) == [event.seq for event in store]

@@ -5,10 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import anyio.lowlevel
 import httpx
 import pytest
 
-from jobcast import JobState
+from jobcast import Job, JobState
+from jobcast._limits import JobRate
+from jobcast.eventlog import EventLog
+from jobcast.events import Event
+from jobcast.service import Service
+from jobcast.settings import Settings
+from jobcast.table import JobTable
+from jobcast.tasks import TaskRegistry
 from tests.apps import gate
 from tests.conftest import Server
 from tests.sse import Frame, open_stream
@@ -249,3 +257,39 @@ async def test_a_job_stream_replays_from_the_store_what_memory_no_longer_holds(
     )
     ids = [frame.id or 0 for frame in whole]
     assert ids == sorted(set(ids)) and whole[-1].event == "succeeded"
+
+
+@pytest.mark.unit
+async def test_a_job_s_history_read_while_memory_moves_on_misses_nothing() -> None:
+    log = EventLog(maxlen=10)  # memory drops its oldest events 64 at a time
+    job = Job("t", {}, first_seq=1)
+    store: list[Event] = []
+
+    def publish() -> None:
+        store.append(log.append("log", job_id=job.id, task="t", payload={"line": "x"}))
+
+    for _ in range(100):
+        publish()
+
+    class Backend:
+        """Keeps every event; answers from another thread while the job goes on."""
+
+        table = JobTable()
+
+        def __init__(self) -> None:
+            self.log = log
+            self.asked = 0
+
+        async def history(
+            self, job: Job, *, after: int, before: int, limit: int, names: tuple[str, ...]
+        ) -> list[Event]:
+            self.asked += 1
+            await anyio.lowlevel.checkpoint()
+            if self.asked == 1:
+                for _ in range(100):
+                    publish()
+            return [event for event in store if after < event.seq < before][:limit]
+
+    service = Service(TaskRegistry(), Settings(), Backend(), rate=JobRate(60))  # type: ignore[arg-type]
+    found = await service.history(job, limit=1000, names=("log",))
+    assert [event.seq for event in found] == [event.seq for event in store]

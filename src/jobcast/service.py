@@ -84,9 +84,11 @@ class Service:
         log = self.log
         after = max(after, job.first_seq - 1)
         found: list[Event] = []
-        if after + 1 < log.first_seq:
-            found = await self.kept(job, after=after, limit=limit, names=names)
-            after = log.first_seq - 1
+        while after + 1 < (first := log.first_seq) and len(found) < limit:
+            # The backend answers up to where memory began when it was asked; memory may
+            # have dropped more meanwhile, which the backend is asked for in turn.
+            found += await self.kept(job, after=after, limit=limit - len(found), names=names)
+            after = first - 1
         for event in log.iter_after(after):
             if len(found) >= limit or event.seq > log.visible_seq:
                 break

@@ -177,7 +177,8 @@ class _Follow:
     ``snapshot()`` gives the frame that replaces lost history and the position it stands at;
     ``done(position)`` says when the stream has said all it will; ``catch_up(position)``
     waits, a bounded time, for events another process has published up to ``position``;
-    ``kept(position)`` reads what the log no longer holds from where the backend keeps it.
+    ``kept(position)`` reads what the log no longer holds (the events before its
+    ``first_seq`` at the call) from where the backend keeps it.
     """
 
     def __init__(
@@ -278,12 +279,14 @@ class _Follow:
         """The frames of the next events after ``position`` this stream shows, at most
         about :data:`WRITE_LIMIT` bytes of them, and the position they reach."""
         log = self.log
-        if self.kept is not None and position + 1 < log.first_seq and position <= log.last_seq:
+        first = log.first_seq
+        if self.kept is not None and position + 1 < first and position <= log.last_seq:
             # What memory no longer holds comes from where it is kept (the store, Redis), a
-            # page at a time, until memory takes over.
+            # page at a time, until memory takes over. The page ends where memory began when
+            # it was asked for: memory may have dropped more while the store answered.
             kept = await self.kept(position)
             body = b"".join(event.frame for event in kept)
-            return body, kept[-1].seq if len(kept) == READ_LIMIT else log.first_seq - 1
+            return body, kept[-1].seq if len(kept) == READ_LIMIT else first - 1
         parts: list[bytes] = []
         size = 0
         for event in log.read(position, READ_LIMIT):
