@@ -382,3 +382,17 @@ async def test_a_job_stream_that_reads_the_store_while_memory_moves_on_loses_not
     with anyio.fail_after(5):
         await follow.run(client.receive, client.send, None)
     assert ids_of(client.received) == [event.seq for event in store]
+
+
+@pytest.mark.unit
+async def test_a_filtered_stream_far_behind_when_the_log_closes_gets_its_last_events() -> None:
+    log = EventLog()
+    mine = [log.append("running", job_id="a", task="mine", payload={})]
+    for _ in range(READ_LIMIT * 2):  # another task's flood
+        log.append("log", job_id="b", task="other", payload={})
+    mine.append(log.append("interrupted", job_id="a", task="mine", payload={}))
+    log.close()  # shutdown: the stream, still behind, reads on alone
+    client = Client()
+    with anyio.fail_after(5):
+        await following(Service(log), 0, ("task", "mine")).run(client.receive, client.send, None)
+    assert ids_of(client.received) == [event.seq for event in mine]

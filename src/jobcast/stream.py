@@ -247,7 +247,9 @@ class _Follow:
                     await _stamped(slot, send({**message, "more_body": True}))
                     pending = b""
                 subscriber.position = position
-                if (self.done is not None and self.done(position)) or (log.closed and not body):
+                if self.done is not None and self.done(position):
+                    return
+                if log.closed and position >= log.visible_seq:  # the end: all of it was sent
                     return
                 if position < log.visible_seq or log.closed:
                     continue
