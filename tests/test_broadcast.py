@@ -6,6 +6,7 @@ Against a real uvicorn: streams of every filter at once, a reader whose socket f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -396,3 +397,40 @@ async def test_a_filtered_stream_far_behind_when_the_log_closes_gets_its_last_ev
     with anyio.fail_after(5):
         await following(Service(log), 0, ("task", "mine")).run(client.receive, client.send, None)
     assert ids_of(client.received) == [event.seq for event in mine]
+
+
+def refuses_when_called(message: Message) -> Awaitable[None]:
+    """A user's ``send`` in front of the server's: a plain function, which refuses."""
+    raise RuntimeError("refused")
+
+
+async def cancelled_at_once(message: Message) -> None:
+    """A user's ``send`` that is cancelled from within before it waits on anything."""
+    raise asyncio.CancelledError
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("failing_send", [refuses_when_called, cancelled_at_once])
+async def test_a_send_that_fails_before_it_waits_ends_that_stream_alone(failing_send: Send) -> None:
+    log = EventLog()
+    broadcaster = Broadcaster(log)
+    got: list[bytes] = []
+
+    async def healthy(message: Message) -> None:
+        got.append(message["body"])
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(broadcaster.run)
+        await anyio.wait_all_tasks_blocked()
+        failing = Subscriber(failing_send, ("task", "t"), log.visible_seq)
+        assert broadcaster.join(failing)  # its group is written to first
+        assert broadcaster.join(Subscriber(healthy, EVERY_JOB, log.visible_seq))
+        first = log.append("log", job_id="j", task="t", payload={})
+        await anyio.wait_all_tasks_blocked()
+        assert got == [first.frame]
+        assert failing.error is not None and failing.position == first.seq  # its task raises it
+        assert len(broadcaster) == 1
+        second = log.append("log", job_id="j", task="t", payload={})
+        await anyio.wait_all_tasks_blocked()
+        assert got == [first.frame, second.frame]  # the broadcaster goes on
+        log.close()

@@ -125,7 +125,7 @@ class Subscriber:
         self.done = done  # for a job's stream: whether it has said everything at a position
         self.park: asyncio.Task[Any] | None = None  # its own task, while it is parked
         self.write: Write | None = None
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
 
 
 class Broadcaster:
@@ -219,7 +219,9 @@ class Broadcaster:
                 step = write.send(None)
             except StopIteration:
                 continue
-            except Exception as exc:  # its own task raises it
+            except (Exception, asyncio.CancelledError) as exc:
+                # The stream's, not the broadcaster's (which is never cancelled while it
+                # runs): its own task raises it, as an ``await`` of that write would have.
                 subscriber.error = exc
                 self._hand_back(subscriber, end)
                 return False
