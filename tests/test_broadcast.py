@@ -17,10 +17,11 @@ import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobcast import JobCast
+from jobcast._limits import StreamSlots
 from jobcast.broadcast import EVERY_JOB, WRITE_LIMIT, Broadcaster, Filter, Subscriber, chunks
 from jobcast.eventlog import EventLog
 from jobcast.events import Event
-from jobcast.stream import READ_LIMIT, _Follow
+from jobcast.stream import READ_LIMIT, EventStream, _Follow
 from tests.apps import gate
 from tests.conftest import Server, wait_until
 from tests.sse import Frame, Stream, open_stream
@@ -434,3 +435,26 @@ async def test_a_send_that_fails_before_it_waits_ends_that_stream_alone(failing_
         await anyio.wait_all_tasks_blocked()
         assert got == [first.frame, second.frame]  # the broadcaster goes on
         log.close()
+
+
+@pytest.mark.unit
+async def test_a_client_that_stops_reading_as_its_stream_ends_is_dropped_too() -> None:
+    log = EventLog()
+    log.append("log", job_id="j", task="t", payload={})
+    log.close()  # its stream has said all it will
+    slots = StreamSlots(per_client=1, total=1, send_timeout=0.05)
+    slot = slots.take("client")
+    client = Client()
+
+    async def full_socket(message: Message) -> None:
+        if not message.get("more_body", True):  # the end of the answer: never drains
+            await anyio.sleep_forever()
+        await client.send(message)
+
+    response = EventStream(following(Service(log), 0), slot=slot, slots=slots)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(slots.watch)
+        with anyio.fail_after(5):
+            await response({"type": "http", "method": "GET"}, client.receive, full_socket)
+        tasks.cancel_scope.cancel()
+    assert slot.dropped and len(slots) == 0

@@ -91,9 +91,12 @@ class EventStream(Response):
             if slot is not None:
                 slot.task = asyncio.current_task()
             try:
-                await send(start)
+                # Every write is stamped, the first and the last too: a client that stopped
+                # reading would keep its stream for as long as either waits.
+                await _stamped(slot, send(start))
                 await self._follow.run(receive, send, slot)
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                end = {"type": "http.response.body", "body": b"", "more_body": False}
+                await _stamped(slot, send(end))
             except asyncio.CancelledError:
                 if not _interrupted(slot is not None and slot.dropped):
                     raise
