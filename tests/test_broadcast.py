@@ -7,6 +7,7 @@ Against a real uvicorn: streams of every filter at once, a reader whose socket f
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -458,3 +459,53 @@ async def test_a_client_that_stops_reading_as_its_stream_ends_is_dropped_too() -
             await response({"type": "http", "method": "GET"}, client.receive, full_socket)
         tasks.cancel_scope.cancel()
     assert slot.dropped and len(slots) == 0
+
+
+where: contextvars.ContextVar[str] = contextvars.ContextVar("where", default="nowhere")
+
+
+@pytest.mark.unit
+async def test_a_write_the_broadcaster_starts_runs_in_the_stream_s_context() -> None:
+    # A user's middleware sets and resets a context variable around each write, as tracing
+    # does. The broadcaster starts the write; the socket is full, so the stream's own task
+    # finishes it: set and reset must meet the same context.
+    log = EventLog()
+    client = Client()
+    drained = anyio.Event()
+    seen: list[str] = []
+
+    async def socket(message: Message) -> None:
+        if message["body"] and not drained.is_set():
+            await drained.wait()
+        await client.send(message)
+
+    async def middleware(message: Message) -> None:
+        seen.append(where.get())
+        token = where.set("in a write")
+        try:
+            await socket(message)
+        finally:
+            where.reset(token)
+
+    async def stream() -> None:
+        where.set("in the stream")
+        await following(service, log.visible_seq).run(client.receive, middleware, None)
+
+    service = Service(log)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(service.broadcaster.run)
+        await anyio.wait_all_tasks_blocked()
+        tasks.start_soon(stream)
+        await anyio.wait_all_tasks_blocked()
+        assert len(service.broadcaster) == 1  # joined
+        event = log.append("log", job_id="j", task="t", payload={})
+        await anyio.wait_all_tasks_blocked()
+        assert len(service.broadcaster) == 0  # handed back, with the write
+        drained.set()
+        await anyio.wait_all_tasks_blocked()
+        assert len(service.broadcaster) == 1  # joined again
+        client.leave()
+        await anyio.wait_all_tasks_blocked()
+        log.close()
+    assert client.received == event.frame
+    assert seen == ["in the stream"]

@@ -18,6 +18,7 @@ wake-up per stream per event.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -68,37 +69,46 @@ def chunks(events: list[Event]) -> list[tuple[bytes, int]]:
 class Write:
     """A ``send`` that another task started and that suspended: awaiting it runs the rest.
 
-    The broadcaster drives each caught-up stream's ``send`` one step; when the step
-    suspends (the socket's buffer is full), the coroutine and what it waits on are handed to
-    the stream's own task, which awaits this and so resumes it exactly as ``await`` would
-    have: the same wait, cancellation thrown into it, its result returned.
+    The broadcaster drives each caught-up stream's ``send`` one step, in the stream's
+    context (its context variables as they were when it parked); when the step suspends
+    (the socket's buffer is full), the coroutine and what it waits on are handed to the
+    stream's own task, which awaits this and so resumes it as ``await`` would have: the same
+    wait, in the same context, cancellation thrown into it.
+
+    One difference remains: the first step ran in the broadcaster's task. A ``send`` wrapper
+    that ties something to the current task across a suspended write (``asyncio.timeout``,
+    an anyio cancel scope) sees two tasks; a context variable set and reset around the
+    write, as tracing does, works.
     """
 
-    __slots__ = ("_coro", "_step")
+    __slots__ = ("_context", "_coro", "_step")
 
-    def __init__(self, coro: Generator[Any, Any, Any], step: Any) -> None:
+    def __init__(
+        self, coro: Generator[Any, Any, Any], step: Any, context: contextvars.Context
+    ) -> None:
         self._coro = coro  # the write's ``__await__()``: what an ``await`` would drive
         self._step = step
+        self._context = context
 
     def __await__(self) -> Generator[Any, None, None]:
-        coro, step = self._coro, self._step
+        coro, step, run = self._coro, self._step, self._context.run
         while True:
             try:
                 yield step
             except BaseException as exc:  # cancellation, or an error: into the write
                 try:
-                    step = coro.throw(exc)
+                    step = run(coro.throw, exc)
                 except StopIteration:
                     return
             else:
                 try:
-                    step = coro.send(None)
+                    step = run(coro.send, None)
                 except StopIteration:
                     return
 
     def close(self) -> None:
         """Abandon the write (its stream is ending without it)."""
-        self._coro.close()
+        self._context.run(self._coro.close)
 
 
 class Subscriber:
@@ -110,7 +120,7 @@ class Subscriber:
     ``send`` raised.
     """
 
-    __slots__ = ("done", "error", "filter", "park", "position", "send", "write")
+    __slots__ = ("context", "done", "error", "filter", "park", "position", "send", "write")
 
     def __init__(
         self,
@@ -124,6 +134,8 @@ class Subscriber:
         self.position = position
         self.done = done  # for a job's stream: whether it has said everything at a position
         self.park: asyncio.Task[Any] | None = None  # its own task, while it is parked
+        #: Its task's context variables as they were when it parked: its writes run there.
+        self.context = contextvars.copy_context()
         self.write: Write | None = None
         self.error: BaseException | None = None
 
@@ -214,9 +226,10 @@ class Broadcaster:
         """Write ``writes`` to ``subscriber``; whether it stays joined."""
         for index, (body, last) in enumerate(writes):
             message = {"type": "http.response.body", "body": body, "more_body": True}
+            context = subscriber.context
             try:
-                write = subscriber.send(message).__await__()
-                step = write.send(None)
+                write = context.run(subscriber.send, message).__await__()
+                step = context.run(write.send, None)
             except StopIteration:
                 continue
             except (Exception, asyncio.CancelledError) as exc:
@@ -225,7 +238,7 @@ class Broadcaster:
                 subscriber.error = exc
                 self._hand_back(subscriber, end)
                 return False
-            subscriber.write = Write(write, step)
+            subscriber.write = Write(write, step, context)
             self._hand_back(subscriber, end if index == len(writes) - 1 else last)
             return False
         if subscriber.done is not None and subscriber.done(end):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 import struct
@@ -264,6 +265,7 @@ class _Follow:
                         pending = KEEPALIVE
                     continue
                 subscriber.park = asyncio.current_task()
+                subscriber.context = contextvars.copy_context()
                 try:
                     while (await receive())["type"] != "http.disconnect":
                         pass
