@@ -34,6 +34,7 @@ from ._limits import Slot, StreamSlots, client_key
 from .broadcast import EVERY_JOB, KEEPALIVE, WRITE_LIMIT, Filter, Subscriber, accepts
 from .eventlog import EventLog, Gap
 from .events import Event, encode_frame
+from .jobs import Job
 from .service import Service
 
 __all__ = ["EventStream", "all_jobs_stream", "job_stream", "last_event_id"]
@@ -373,9 +374,18 @@ async def job_stream(
     job = await runner.find(job_id)
     log = runner.log
 
+    def now() -> Job:
+        # The job as this process knows it now: starting over from what Redis holds (after
+        # it lost its history) makes each job anew.
+        return runner.jobs.get(job.id, job)
+
     def snapshot() -> tuple[bytes, int]:
-        shown = [] if job.shown is None else [job.shown]
-        return _snapshot_frame(log.visible_seq, shown), log.visible_seq
+        shown = now().shown
+        return _snapshot_frame(log.visible_seq, [] if shown is None else [shown]), log.visible_seq
+
+    def done(position: int) -> bool:
+        current = now()
+        return current.finished and position >= current.last_seq
 
     position = last_event_id(request)
     if position is not None and job.finished and position >= job.last_seq:
@@ -396,7 +406,7 @@ async def job_stream(
         which=("job", job.id),
         first=first,
         snapshot=snapshot,
-        done=lambda position: job.finished and position >= job.last_seq,
+        done=done,
         kept=kept if durable else None,
     )
     return _open(streams, request, follow)
