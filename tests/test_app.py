@@ -5,6 +5,7 @@ both backends (a SQLite file, and Redis with a worker)."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -166,6 +167,7 @@ async def test_invalid_params_raise_invalid_params_with_the_apis_422_body(
     ("options", "query", "named"),
     [
         ({"_delay": -1}, {"delay": "-1"}, "_delay"),
+        ({"_delay": math.nan}, {"delay": "nan"}, "_delay"),
         ({"_priority": 10**7}, {"priority": "10000000"}, "_priority"),
         ({"_run_at": datetime(2030, 1, 1)}, {"run_at": "2030-01-01T00:00:00"}, "_run_at"),
         (
@@ -182,6 +184,8 @@ async def test_bad_options_raise_invalid_params_as_the_api_refuses_its_query(
     with pytest.raises(InvalidParams) as caught:
         await jobs.start("count", n=1, **options)
     assert f"{named}: " in str(caught.value)
+    if "nan" in query.values():
+        assert "finite number" in str(caught.value)  # not a bound NaN never meets
 
     response = await client.post("/api/tasks/count/jobs", params=query, json={"n": 1})
     assert response.status_code == 422

@@ -123,7 +123,12 @@ class StartOptions(BaseModel):
 
     delay: Annotated[
         float | None,
-        Field(ge=0, le=MAX_DELAY, description="seconds the job waits before it may run"),
+        Field(
+            ge=0,
+            le=MAX_DELAY,
+            allow_inf_nan=False,
+            description="seconds the job waits before it may run",
+        ),
     ] = None
     run_at: Annotated[
         AwareDatetime | None,
