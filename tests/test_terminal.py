@@ -325,16 +325,18 @@ HOSTILE = "\x1b[2J\x1b]0;pwned\x07red\x1b[31m \x9b1m\x07bell\ttab\nnext"
 _CLEAR = "\r\x1b[2K"
 
 
-def on_a_terminal(url: str, *args: str, columns: int = 120) -> tuple[int, str, str]:
-    """Run ``jobcast ARGS`` with stderr on a terminal ``columns`` wide and stdout on a pipe:
-    its exit status, what the terminal showed and what stdout got."""
+def on_a_terminal(
+    url: str, *args: str, columns: int = 120, term: str = "xterm"
+) -> tuple[int, str, str]:
+    """Run ``jobcast ARGS`` with stderr on a terminal ``columns`` wide (of kind ``term``)
+    and stdout on a pipe: its exit status, what the terminal showed and what stdout got."""
     main, side = pty.openpty()
     fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     env = {key: value for key, value in os.environ.items() if key not in ("COLUMNS", "LINES")}
     try:
         running = subprocess.Popen(
             [sys.executable, "-m", "jobcast", *args],
-            env={**env, "JOBCAST_URL": url},
+            env={**env, "JOBCAST_URL": url, "TERM": term},
             stdin=side,
             stdout=subprocess.PIPE,
             stderr=side,
@@ -370,6 +372,15 @@ def test_what_a_job_says_is_shown_and_never_obeyed_by_the_terminal(serve: Serve)
         assert "red \ufffdbell tab" in shown
         obeyed = re.search("[\x00-\x09\x0b-\x0c\x0e-\x1f\x7f-\x9f]", shown.replace(_CLEAR, ""))
         assert obeyed is None, shown
+
+
+def test_a_terminal_that_cannot_redraw_a_line_gets_plain_lines(serve: Serve) -> None:
+    _, server = serve()
+    args = ("start", "sleep", "seconds=0.3", "steps=3", "--follow")
+    status, shown, out = on_a_terminal(server.url, *args, term="dumb")
+    assert status == 0 and json.loads(out) == {"slept_s": 0.3, "steps": 3}
+    assert "\x1b" not in shown and "\r\n" in shown
+    assert "step 3/3 done" in shown
 
 
 def test_the_bar_fits_the_terminal_it_is_drawn_on_wide_characters_and_all(serve: Serve) -> None:

@@ -229,5 +229,7 @@ class Bar(Display):
 
 
 def display_for(out: TextIO, job_id: str) -> Display:
-    """A live bar on a terminal, plain lines elsewhere."""
-    return Bar(out, job_id) if out.isatty() else Lines(out, job_id)
+    """A live bar on a terminal that can redraw a line, plain lines elsewhere (a pipe, a
+    file, ``TERM=dumb``: an editor's shell, a CI log)."""
+    redraws = out.isatty() and os.environ.get("TERM") != "dumb"
+    return Bar(out, job_id) if redraws else Lines(out, job_id)
