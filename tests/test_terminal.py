@@ -55,39 +55,35 @@ def launch(url: str, *args: str, **options: Any) -> subprocess.Popen[bytes]:
 
 def read_until(fd: int, text: bytes, seconds: float = 20) -> bytes:
     """What ``fd`` gives until ``text`` has come; fails after ``seconds`` or at its end."""
+    out = _read(fd, seconds, until=text)
+    if text not in out:
+        raise AssertionError(f"the output ended before {text!r}: {out!r}")
+    return out
+
+
+def read_to_end(fd: int, seconds: float = 30) -> bytes:
+    """What ``fd`` gives until its other side has closed; fails after ``seconds``."""
+    return _read(fd, seconds, until=None)
+
+
+def _read(fd: int, seconds: float, *, until: bytes | None) -> bytes:
+    """What ``fd`` gives until ``until`` has come (never, if None) or its end."""
     out = b""
     deadline = time.monotonic() + seconds
-    while text not in out:
+    while until is None or until not in out:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"{text!r} did not come within {seconds} s: {out!r}")
+            wanted = "the output to end" if until is None else repr(until)
+            raise AssertionError(f"{wanted} did not come within {seconds} s: {out!r}")
         if select.select([fd], [], [], left)[0]:
             try:
                 chunk = os.read(fd, 65536)
             except OSError:  # a terminal whose other side has closed
                 chunk = b""
             if not chunk:
-                raise AssertionError(f"the output ended before {text!r}: {out!r}")
+                return out
             out += chunk
     return out
-
-
-def read_to_end(fd: int, seconds: float = 30) -> bytes:
-    """What ``fd`` gives until its other side has closed; fails after ``seconds``."""
-    out = b""
-    deadline = time.monotonic() + seconds
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"the output did not end within {seconds} s: {out!r}")
-        if select.select([fd], [], [], left)[0]:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # a terminal whose other side has closed
-                return out
-            if not chunk:
-                return out
-            out += chunk
 
 
 def finish(process: subprocess.Popen[bytes]) -> tuple[int, str, str]:
