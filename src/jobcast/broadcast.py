@@ -39,14 +39,14 @@ Filter = tuple[str, str]
 EVERY_JOB: Filter = ("", "")
 
 
+def shown_by(event: Event) -> tuple[Filter, Filter, Filter]:
+    """The filters whose streams show ``event``: every job's, its task's, its job's."""
+    return EVERY_JOB, ("task", event.task), ("job", event.job_id)
+
+
 def accepts(which: Filter, event: Event) -> bool:
     """Whether a stream with filter ``which`` shows ``event``."""
-    kind, name = which
-    if kind == "task":
-        return event.task == name
-    if kind == "job":
-        return event.job_id == name
-    return True
+    return which in shown_by(event)
 
 
 def chunks(events: list[Event]) -> list[tuple[bytes, int]]:
@@ -269,14 +269,8 @@ class Broadcaster:
 def _select(events: list[Event], groups: dict[Filter, Any]) -> dict[Filter, list[Event]]:
     """The events each filter of ``groups`` shows, in one pass over ``events``."""
     selected: dict[Filter, list[Event]] = {which: [] for which in groups}
-    every = selected.get(EVERY_JOB)
-    by_task = {name: batch for (kind, name), batch in selected.items() if kind == "task"}
-    by_job = {name: batch for (kind, name), batch in selected.items() if kind == "job"}
     for event in events:
-        if every is not None:
-            every.append(event)
-        if by_task and (batch := by_task.get(event.task)) is not None:
-            batch.append(event)
-        if by_job and (batch := by_job.get(event.job_id)) is not None:
-            batch.append(event)
+        for which in shown_by(event):
+            if (batch := selected.get(which)) is not None:
+                batch.append(event)
     return selected
